@@ -1,0 +1,221 @@
+"""Configuration: every constant of the AFA paper as a named value with the paper's default.
+
+A config is a plain nested dict. ``DEFAULTS`` holds the reference settings of the paper
+(PASCAL VOC, MiT-b1). YAML files in ``core/configs`` override what differs, and say why.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+IMAGENET_MEAN_255 = [123.675, 116.28, 103.53]
+IMAGENET_STD_255 = [58.395, 57.12, 57.375]
+
+DEFAULTS: dict[str, Any] = {
+    "model": {
+        "name": "afa",  # afa (the paper) | cnn_cam (classification branch only, CNN CAM baseline)
+        "backbone": "mit_b1",  # mit_b0..mit_b5 | vit_tiny/vit_small/vit_base (ToCo) | resnet18/50
+        "strides": [4, 2, 2, 1],  # AFA: stage 4 does not downsample, output stride 16
+        "pretrained": None,  # path to a local weights file, "hub" to download (online only), or None
+        "num_classes": 21,  # C, background included
+        "decoder_dim": 256,  # SegFormer all-MLP head embedding
+        "decoder_dropout": 0.1,
+        "aff_blocks": 2,  # affinity from the raw scores of the last 2 stage-4 blocks
+        "pooling": "gmp",  # global max pooling for classification
+        "drop_path_rate": 0.1,
+    },
+    "data": {
+        "name": "voc",  # voc | coco | scenes | folder
+        "root": "data/VOCdevkit/VOC2012",
+        "train_split": "train_aug",
+        "val_split": "val",
+        "crop_size": 512,
+        "resize_range": [512, 2048],  # random resize of the long side
+        "rescale_range": [0.5, 2.0],
+        "flip": True,
+        "ignore_index": 255,
+        "mean": IMAGENET_MEAN_255,
+        "std": IMAGENET_STD_255,
+        "num_workers": 4,
+    },
+    "optim": {
+        "lr": 6.0e-5,
+        "betas": [0.9, 0.999],
+        "weight_decay": 0.01,
+        "head_lr_mult": 10.0,  # classifier, affinity head and decoder
+        "norm_lr": 0.0,  # encoder norm layers are frozen
+        "warmup_iters": 1500,
+        "warmup_ratio": 1.0e-6,
+        "power": 1.0,
+    },
+    "train": {
+        "mode": "afa",  # afa | cam (classification only) | supervised (ground-truth masks)
+        "max_iters": 20000,
+        "batch_size": 2,  # per process (paper: 2 per GPU x 2 GPUs)
+        "cam_iters": 2000,  # classification loss alone before this iteration
+        "aff_label_iters": 6000,  # AFA labels supervise the segmentation after this iteration
+        "use_par": True,
+        "use_aff": True,  # affinity loss and AFA-propagated labels
+        "use_reg": True,  # dense-CRF energy loss (L_reg)
+        "seed": 0,
+        "log_every": 20,
+        "eval_every": 2000,
+        "save_every": 1000,
+        "eval_limit": None,
+        "amp": False,  # mixed precision, CUDA only
+        "out_dir": "runs",
+    },
+    "cam": {
+        "scales": [1.0, 0.5, 1.5],
+        "bg_thresh": 0.45,
+        "high_thresh": 0.55,
+        "low_thresh": 0.35,
+        "eps": 1.0e-5,
+    },
+    "par": {
+        "dilations": [1, 2, 4, 8, 12, 24],
+        "iters": 10,
+        "w1": 0.3,
+        "w2": 0.01,
+        "downscale": 2,  # PAR runs at half resolution
+    },
+    "affinity": {
+        "radius": 8,
+        "power": 2,  # element-wise power of the affinity in the transition matrix
+        "col_eps": 0.1,  # column sum + 0.1
+        "steps": 1,
+    },
+    "loss": {
+        "cls": 1.0,
+        "seg": 0.1,
+        "aff": 0.1,
+        "reg": 0.01,
+        "reg_sigma_rgb": 15.0,
+        "reg_sigma_xy": 100.0,
+        "reg_scale": 0.5,
+        "reg_exact_max_pixels": 4096,  # exact dense energy up to this many pixels, else sampled
+        "reg_samples": 4096,
+    },
+    "infer": {
+        "scales": [1.0, 0.5, 0.75],
+        "flip": True,
+        "crf": {
+            "iters": 10,
+            "gauss_sxy": 3,
+            "gauss_compat": 3,
+            "bilateral_sxy": 64,
+            "bilateral_srgb": 5,
+            "bilateral_compat": 4,
+        },
+    },
+}
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the offending key."""
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:  # pragma: no cover - yaml is lenient
+        raise ConfigError(f"cannot parse override value {text!r}: {exc}") from exc
+
+
+def _merge(base: dict, update: dict, prefix: str = "") -> None:
+    for key, value in update.items():
+        path = f"{prefix}{key}"
+        if key not in base:
+            raise ConfigError(f"unknown config key '{path}'")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{path}' must be a mapping, got {value!r}")
+            _merge(base[key], value, path + ".")
+        else:
+            base[key] = _check_type(path, base[key], value)
+
+
+def _check_type(path: str, default: Any, value: Any) -> Any:
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{path}' must be true or false, got {value!r}")
+        return value
+    if isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{path}' must be a number, got {value!r}")
+        return type(default)(value) if isinstance(default, float) else value
+    if isinstance(default, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{path}' must be a list, got {value!r}")
+        return list(value)
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"config key '{path}' must be a string, got {value!r}")
+    return value
+
+
+def set_by_path(cfg: dict, dotted: str, value: Any) -> None:
+    """Set ``cfg['a']['b'] = value`` for ``dotted='a.b'``, with the same checks as a file."""
+    keys = dotted.split(".")
+    node: dict = {}
+    root = node
+    for key in keys[:-1]:
+        node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
+    _merge(cfg, root)
+
+
+def validate(cfg: dict) -> dict:
+    """Reject combinations that cannot run; return ``cfg``."""
+    m, d, t = cfg["model"], cfg["data"], cfg["train"]
+    if m["num_classes"] < 2:
+        raise ConfigError("model.num_classes must count background plus at least one class")
+    if d["crop_size"] < 32 or d["crop_size"] % 16:
+        raise ConfigError(f"data.crop_size must be a multiple of 16 and at least 32, got {d['crop_size']}")
+    if t["batch_size"] < 1:
+        raise ConfigError("train.batch_size must be at least 1")
+    if t["max_iters"] < 1:
+        raise ConfigError("train.max_iters must be at least 1")
+    if t["mode"] not in ("afa", "cam", "supervised"):
+        raise ConfigError(f"train.mode must be afa, cam or supervised, got {t['mode']!r}")
+    if m["name"] not in ("afa", "cnn_cam"):
+        raise ConfigError(f"model.name must be afa or cnn_cam, got {m['name']!r}")
+    if m["name"] == "cnn_cam" and t["mode"] != "cam":
+        raise ConfigError("model.name=cnn_cam trains the classification branch only: set train.mode=cam")
+    if not cfg["cam"]["scales"] or any(s <= 0 for s in cfg["cam"]["scales"]):
+        raise ConfigError("cam.scales must be a non-empty list of positive numbers")
+    if not 0.0 <= cfg["cam"]["low_thresh"] <= cfg["cam"]["high_thresh"] <= 1.0:
+        raise ConfigError("cam thresholds must satisfy 0 <= low_thresh <= high_thresh <= 1")
+    if cfg["par"]["iters"] < 0 or not cfg["par"]["dilations"]:
+        raise ConfigError("par.iters must be >= 0 and par.dilations non-empty")
+    if cfg["affinity"]["radius"] < 1:
+        raise ConfigError("affinity.radius must be at least 1")
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict:
+    """Defaults <- YAML file <- ``key.sub=value`` overrides, validated."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        _merge(cfg, data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, text = item.split("=", 1)
+        set_by_path(cfg, key.strip(), _parse_value(text))
+    return validate(cfg)
