@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 FORMAT_VERSION = 1
@@ -74,7 +74,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     try:
         with safe_open(str(path), framework="pt") as fh:
             header = fh.metadata() or {}
-    except (SafetensorsError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path.name} is not a safetensors checkpoint ({exc})") from exc
     if META_KEY not in header:
         raise CheckpointError(
@@ -96,7 +96,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     meta = read_meta(path)
     try:
         state = load_file(str(path))
-    except (SafetensorsError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{Path(path).name} could not be read ({exc})") from exc
     return state, meta
 
