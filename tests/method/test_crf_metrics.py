@@ -1,0 +1,155 @@
+"""Tests of core.method.crf (pydensecrf wrapper) and core.method.metrics."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from core.method import crf
+from core.method.metrics import ConfusionMatrix, multilabel_f1
+
+IGN = 255
+
+# ---------------------------------------------------------------- dense CRF
+
+
+def _two_region_case(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    h, w = 24, 32
+    truth = np.zeros((h, w), dtype=np.uint8)
+    truth[:, w // 2 :] = 1
+    image = np.where(truth[..., None] == 1, 200, 40).astype(np.uint8).repeat(3, axis=2)
+    image = np.clip(image.astype(int) + rng.integers(-5, 6, image.shape), 0, 255).astype(np.uint8)
+    fg = 0.5 + np.where(truth == 1, 0.1, -0.1) + rng.normal(0.0, 0.25, (h, w))
+    fg = np.clip(fg, 0.02, 0.98)
+    probs = np.stack([1.0 - fg, fg]).astype(np.float64)  # float64 on purpose: the wrapper converts
+    return image, probs, truth
+
+
+@pytest.mark.skipif(not crf.crf_available(), reason="pydensecrf is not installed")
+def test_dense_crf_cleans_noisy_probabilities():
+    image, probs, truth = _two_region_case()
+    argmax_acc = (probs.argmax(0) == truth).mean()
+    label = crf.dense_crf(image, probs)
+    assert label.shape == truth.shape and label.dtype == np.uint8
+    crf_acc = (label == truth).mean()
+    assert argmax_acc < 0.85
+    assert crf_acc > 0.97 and crf_acc > argmax_acc
+
+
+@pytest.mark.skipif(not crf.crf_available(), reason="pydensecrf is not installed")
+def test_dense_crf_accepts_views_and_tensors():
+    image, probs, truth = _two_region_case(1)
+    flipped = crf.dense_crf(image[:, ::-1], probs[:, :, ::-1], iters=5)  # non-contiguous views
+    as_tensors = crf.dense_crf(
+        torch.from_numpy(image[:, ::-1].copy()), torch.from_numpy(probs[:, :, ::-1].copy()), iters=5
+    )
+    assert np.array_equal(flipped, as_tensors)
+    assert (flipped == truth[:, ::-1]).mean() > 0.97
+
+
+def test_dense_crf_rejects_mismatched_shapes():
+    if not crf.crf_available():
+        pytest.skip("pydensecrf is not installed")
+    with pytest.raises(ValueError):
+        crf.dense_crf(np.zeros((4, 5, 3), np.uint8), np.ones((2, 5, 4)) / 2)
+
+
+def test_missing_pydensecrf_gives_one_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pydensecrf", None)
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
+    assert crf.crf_available() is False
+    with pytest.raises(RuntimeError, match="dense CRF needs the pydensecrf module: pip install pydensecrf2"):
+        crf.dense_crf(np.zeros((4, 4, 3), np.uint8), np.full((2, 4, 4), 0.5))
+
+
+# ---------------------------------------------------------------- confusion matrix
+
+
+GT = np.array([[0, 0, 1], [1, 2, IGN]])
+PRED = np.array([[0, 1, 1], [1, 0, 2]])
+# counted pairs (gt, pred): (0,0) (0,1) (1,1) (1,1) (2,0); the last pixel is ignored
+
+
+def test_confusion_matrix_by_hand():
+    cm = ConfusionMatrix(3).update(PRED, GT)
+    assert np.array_equal(cm.matrix, [[1, 1, 0], [0, 2, 0], [1, 0, 0]])
+    # IoU = TP / (row + column - TP): 1 / (2 + 2 - 1), 2 / (2 + 3 - 2), 0 / (1 + 0 - 0)
+    np.testing.assert_allclose(cm.iou(), [1 / 3, 2 / 3, 0.0])
+    assert cm.miou() == pytest.approx(1 / 3)
+    assert cm.pixel_accuracy() == pytest.approx(3 / 5)
+
+
+def test_confusion_matrix_nan_for_absent_classes_and_torch_input():
+    cm = ConfusionMatrix(4).update(torch.from_numpy(PRED), torch.from_numpy(GT))
+    iou = cm.iou()
+    assert np.isnan(iou[3]) and np.isfinite(iou[:3]).all()
+    assert cm.miou() == pytest.approx(1 / 3)  # nanmean over the 3 classes that occur
+    d = cm.as_dict(["bg", "a", "b", "c"])
+    assert d["miou"] == pytest.approx(1 / 3)
+    assert d["per_class"]["a"] == pytest.approx(2 / 3) and d["per_class"]["c"] is None
+    assert np.isnan(ConfusionMatrix(2).miou()) and np.isnan(ConfusionMatrix(2).pixel_accuracy())
+
+
+def test_confusion_matrix_predicted_only_class_has_zero_iou():
+    cm = ConfusionMatrix(3).update(np.array([2, 0]), np.array([0, 0]))
+    np.testing.assert_allclose(cm.iou(), [0.5, np.nan, 0.0])
+
+
+def test_confusion_matrix_ignore_in_prediction():
+    gt = np.array([0, 0, 1, 1])
+    pred = np.array([0, IGN, 1, 1])
+    counted = ConfusionMatrix(2).update(pred, gt)  # the 255 prediction is an error for class 0
+    np.testing.assert_allclose(counted.iou(), [0.5, 1.0])
+    assert counted.pixel_accuracy() == pytest.approx(0.75)
+    skipped = ConfusionMatrix(2).update(pred, gt, skip_pred_ignore=True)
+    np.testing.assert_allclose(skipped.iou(), [1.0, 1.0])
+
+
+def test_confusion_matrix_rejects_bad_ground_truth():
+    with pytest.raises(ValueError):
+        ConfusionMatrix(3).update(np.array([0, 1]), np.array([0, 7]))
+    with pytest.raises(ValueError):
+        ConfusionMatrix(3).update(np.array([0, 1, 2]), np.array([0, 1]))
+
+
+def test_confusion_matrix_merge_and_add_equal_one_update():
+    whole = ConfusionMatrix(3).update(PRED, GT)
+    top = ConfusionMatrix(3).update(PRED[0], GT[0])
+    bottom = ConfusionMatrix(3).update(PRED[1], GT[1])
+    added = top + bottom
+    assert np.array_equal(added.matrix, whole.matrix)
+    assert np.array_equal(top.matrix, ConfusionMatrix(3).update(PRED[0], GT[0]).matrix)  # + is pure
+    top.merge(bottom)
+    assert np.array_equal(top.matrix, whole.matrix)
+    with pytest.raises(ValueError):
+        top.merge(ConfusionMatrix(4))
+
+
+def test_confusion_matrix_all_reduce(tmp_path):
+    import torch.distributed as dist
+
+    cm = ConfusionMatrix(3).update(PRED, GT)
+    before = cm.matrix.copy()
+    assert cm.all_reduce() is cm  # not initialised: no-op
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("gloo backend not available")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        cm.all_reduce()
+    finally:
+        dist.destroy_process_group()
+    assert np.array_equal(cm.matrix, before)
+
+
+def test_multilabel_f1_per_image_mean():
+    pred = np.array([[1, 0, 1], [0, 0, 0], [0, 1, 0]])
+    target = np.array([[1, 1, 0], [0, 0, 0], [1, 0, 0]])
+    # image 1: TP 1, FP 1, FN 1 -> 0.5; image 2: nothing anywhere -> empty_score; image 3: 0
+    assert multilabel_f1(pred, target) == pytest.approx(0.5)
+    assert multilabel_f1(pred, target, empty_score=0.0) == pytest.approx(0.5 / 3)
+    assert multilabel_f1(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 1.0])) == 1.0
+    assert multilabel_f1(np.array([[0, 1]]), np.array([[0, 0]])) == 0.0
