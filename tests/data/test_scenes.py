@@ -1,0 +1,229 @@
+"""The scenes benchmark generator: determinism, disjoint splits, exact masks, CLI, dataset."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.config import DEFAULTS
+from core.data import build_dataset, class_names
+from core.data.scenes import (
+    PROCEDURAL_CLASSES,
+    SceneOptions,
+    find_fashion_mnist,
+    generate_dataset,
+    generate_scene,
+    load_source,
+    main,
+    read_idx,
+    scene_rng,
+)
+
+try:
+    find_fashion_mnist()
+    HAVE_FASHION = True
+except FileNotFoundError:
+    HAVE_FASHION = False
+
+
+@pytest.fixture(scope="module")
+def procedural_train():
+    return load_source("procedural", "train")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("scenes") / "tiny"
+    assert (
+        main(["--out", str(out), "--source", "procedural", "--train", "8", "--val", "5", "--seed", "3"]) == 0
+    )
+    return out
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_cli_writes_voc_layout(tiny: Path) -> None:
+    for rel in (
+        "classes.txt",
+        "cls_labels.json",
+        "meta.json",
+        "items.json",
+        "ImageSets/Segmentation/train.txt",
+    ):
+        assert (tiny / rel).is_file(), rel
+    train = (tiny / "ImageSets/Segmentation/train.txt").read_text().split()
+    val = (tiny / "ImageSets/Segmentation/val.txt").read_text().split()
+    assert len(train) == 8 and len(val) == 5 and not set(train) & set(val)
+    assert (tiny / "classes.txt").read_text().split("\n")[:11] == ["background", *PROCEDURAL_CLASSES]
+    meta = json.loads((tiny / "meta.json").read_text())
+    assert meta["seed"] == 3 and meta["version"] >= 1 and meta["options"]["max_objects"] == 3
+    img = Image.open(tiny / "JPEGImages" / f"{train[0]}.jpg")
+    mask = Image.open(tiny / "SegmentationClass" / f"{train[0]}.png")
+    assert img.size == (256, 256) and img.mode == "RGB"
+    assert mask.size == (256, 256) and mask.mode == "P"  # class ids in a palette PNG
+
+
+def test_same_seed_same_bytes(tiny: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    args = ["--out", str(again), "--source", "procedural", "--train", "8", "--val", "5", "--seed", "3"]
+    main([*args, "--workers", "2"])  # any number of processes gives the same bytes
+    assert digest(again) == digest(tiny)
+    other = tmp_path / "other"
+    main(["--out", str(other), "--source", "procedural", "--train", "8", "--val", "5", "--seed", "4"])
+    assert digest(other)["JPEGImages/train_000000.jpg"] != digest(tiny)["JPEGImages/train_000000.jpg"]
+
+
+def test_masks_agree_with_labels(tiny: Path) -> None:
+    labels = json.loads((tiny / "cls_labels.json").read_text())
+    assert len(labels) == 13
+    for name, ids in labels.items():
+        mask = np.array(Image.open(tiny / "SegmentationClass" / f"{name}.png"))
+        present = sorted(set(np.unique(mask).tolist()) - {0, 255})
+        assert present == ids and ids, name
+        for c in ids:
+            assert (mask == c).sum() >= SceneOptions().min_pixels
+
+
+def test_train_and_val_items_come_from_disjoint_source_splits(tiny: Path) -> None:
+    items = json.loads((tiny / "items.json").read_text())
+    train = {
+        (r["source_split"], r["source_index"])
+        for n, v in items.items()
+        if n.startswith("train")
+        for r in v["items"]
+    }
+    val = {
+        (r["source_split"], r["source_index"])
+        for n, v in items.items()
+        if n.startswith("val")
+        for r in v["items"]
+    }
+    assert {s for s, _ in train} == {"train"} and {s for s, _ in val} == {"test"}
+    assert not train & val
+
+
+def test_occlusion_limit_and_object_count(procedural_train) -> None:
+    opts = SceneOptions(size=128, scale_min=1.5, scale_max=2.5, max_objects=4, occlusion=0.5, min_pixels=40)
+    counts = []
+    for i in range(20):
+        scene = generate_scene(procedural_train, scene_rng(0, "train", i), opts)
+        counts.append(len(scene.items))
+        for k, rec in enumerate(scene.items, start=1):
+            visible = (scene.instances == k).sum() / rec["area"]
+            assert visible >= 1 - opts.occlusion - 1e-6
+            assert abs(visible - rec["visible"]) < 1e-3
+    assert min(counts) >= 1 and max(counts) <= 4 and len(set(counts)) > 1
+
+
+def test_clutter_is_drawn_and_labelled_background(procedural_train) -> None:
+    opts = SceneOptions(size=128, scale_min=1.5, scale_max=2.5, clutter=2.0, min_pixels=40)
+    total = 0
+    for i in range(10):
+        scene = generate_scene(procedural_train, scene_rng(1, "train", i), opts)
+        free = scene.clutter & (scene.instances == 0)
+        total += free.sum()
+        assert set(np.unique(scene.mask[free]).tolist()) <= {0, 255}
+        assert (scene.mask[free] == 0).mean() > 0.9  # 255 only in the thin band next to items
+    assert total > 1000
+    none = generate_scene(
+        procedural_train,
+        scene_rng(1, "train", 0),
+        SceneOptions(size=128, clutter=0.0, scale_min=1.5, scale_max=2.5),
+    )
+    assert not none.clutter.any()
+
+
+def test_ignore_band_is_thin(procedural_train) -> None:
+    scene = generate_scene(procedural_train, scene_rng(2, "train", 0), SceneOptions())
+    fg = (scene.mask != 0) & (scene.mask != 255)
+    assert (scene.mask == 255).sum() < 0.5 * fg.sum()
+
+
+def test_dataset_reads_the_generated_folder(tiny: Path) -> None:
+    cfg = {k: dict(v) for k, v in DEFAULTS.items()}
+    cfg["data"].update(
+        name="scenes",
+        root=str(tiny),
+        train_split="train",
+        val_split="val",
+        crop_size=64,
+        resize_range=None,
+        rescale_range=[0.5, 1.0],
+    )
+    cfg["model"]["num_classes"] = 11
+    assert class_names(cfg) == ["background", *PROCEDURAL_CLASSES]
+    train = build_dataset(cfg, train=True)
+    sample = train[0]
+    assert sample["image"].shape == (3, 64, 64) and sample["mask"].shape == (64, 64)
+    labels = json.loads((tiny / "cls_labels.json").read_text())[sample["name"]]
+    assert sorted((np.nonzero(sample["cls_label"].numpy())[0] + 1).tolist()) == labels
+    val = build_dataset(cfg, train=False)
+    assert len(val) == 5 and val[0]["image"].shape == (3, 256, 256)
+
+
+def test_missing_source_error_says_how_to_get_it(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        find_fashion_mnist(tmp_path)
+    assert main(["--out", str(tmp_path / "x"), "--source", str(tmp_path), "--train", "1", "--val", "1"]) == 2
+
+
+def test_read_idx_raw_and_gz(tmp_path: Path) -> None:
+    data = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    raw = b"\x00\x00\x08\x03" + b"".join(int(d).to_bytes(4, "big") for d in data.shape) + data.tobytes()
+    (tmp_path / "a-idx3-ubyte").write_bytes(raw)
+    (tmp_path / "a-idx3-ubyte.gz").write_bytes(gzip.compress(raw))
+    assert np.array_equal(read_idx(tmp_path / "a-idx3-ubyte"), data)
+    assert np.array_equal(read_idx(tmp_path / "a-idx3-ubyte.gz"), data)
+    (tmp_path / "bad").write_bytes(raw[:-3])
+    with pytest.raises(ValueError, match="truncated"):
+        read_idx(tmp_path / "bad")
+
+
+def test_refuses_to_overwrite_a_foreign_folder(tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(FileExistsError):
+        generate_dataset(tmp_path, n_train=1, n_val=1, source="procedural")
+
+
+@pytest.mark.skipif(not HAVE_FASHION, reason="Fashion-MNIST idx files not installed (dataset-fashion-mnist)")
+def test_with_debian_fashion_mnist(tmp_path: Path) -> None:
+    out = tmp_path / "fm"
+    meta = generate_dataset(out, seed=0, n_train=3, n_val=2)
+    assert meta["source"] == "fashion-mnist"
+    assert (out / "classes.txt").read_text().split("\n")[1] == "tshirt"
+    items = json.loads((out / "items.json").read_text())
+    assert {r["source_split"] for n, v in items.items() if n.startswith("val") for r in v["items"]} == {
+        "test"
+    }
+    test_split = load_source(None, "test")
+    assert len(test_split.images) == 10000
+
+
+def test_small_images_never_have_empty_labels(procedural_train) -> None:
+    opts = SceneOptions(size=64, scale_min=1.0, scale_max=1.5)
+    for i in range(25):
+        scene = generate_scene(procedural_train, scene_rng(5, "train", i), opts)
+        assert scene.labels() and len(scene.items) >= 1
+        assert sorted({r["class"] for r in scene.items}) == scene.labels()
+
+
+def test_impossible_options_fail_clearly(procedural_train) -> None:
+    with pytest.raises(ValueError, match="lower --min-pixels"):
+        generate_scene(
+            procedural_train,
+            scene_rng(0, "train", 0),
+            SceneOptions(size=64, min_pixels=5000, scale_min=1.0, scale_max=1.5),
+            tries=2,
+        )
