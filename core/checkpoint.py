@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -54,8 +55,12 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], meta: dict[str, Any],
-                    dtype: torch.dtype | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    state_dict: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    dtype: torch.dtype | None = None,
+) -> Path:
     """Save weights (optionally cast floating tensors to ``dtype``, e.g. fp16 to stay small) + meta."""
     tensors = {}
     for key, value in state_dict.items():
@@ -79,7 +84,8 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     if META_KEY not in header:
         raise CheckpointError(
             f"{path.name} is a safetensors file but not an AFA Explorer checkpoint (no '{META_KEY}' "
-            "metadata); convert the authors' .pth files with `python -m core.convert official-afa`")
+            "metadata); convert the authors' .pth files with `python -m core.convert official-afa`"
+        )
     try:
         meta = json.loads(header[META_KEY])
     except json.JSONDecodeError as exc:
@@ -112,5 +118,7 @@ def _check_file(path: str | Path) -> Path:
     if path.suffix == ".pth" or path.suffix == ".pt":
         raise CheckpointError(
             f"{path.name} is a PyTorch pickle; AFA Explorer only opens .safetensors checkpoints "
-            "(convert the authors' files with `python -m core.convert official-afa IN.pth OUT --backbone mit_bX`)")
+            "(convert the authors' files with "
+            "`python -m core.convert official-afa IN.pth OUT --backbone mit_bX`)"
+        )
     return path

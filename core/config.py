@@ -7,8 +7,9 @@ A config is a plain nested dict. ``DEFAULTS`` holds the reference settings of th
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -68,6 +69,9 @@ DEFAULTS: dict[str, Any] = {
         "eval_limit": None,
         "amp": False,  # mixed precision, CUDA only
         "out_dir": "runs",
+        "device": "auto",  # auto (this process's GPU when CUDA is available, else CPU) | cpu | cuda
+        "eval_crf": False,  # periodic evaluation also runs the dense CRF (slow)
+        "stop_after": None,  # stop (status "stopped", resumable) after this iteration; None = run on
     },
     "cam": {
         "scales": [1.0, 0.5, 1.5],
@@ -98,7 +102,11 @@ DEFAULTS: dict[str, Any] = {
         "reg_sigma_xy": 100.0,
         "reg_scale": 0.5,
         "reg_exact_max_pixels": 4096,  # exact dense energy up to this many pixels, else sampled
-        "reg_samples": 4096,
+        "reg_samples": 512,  # Monte Carlo partners per pixel above that size (unbiased estimate)
+        # The energy is summed over pixels, averaged over images and scaled by 1e-7, as the
+        # DenseEnergyLoss of Tang et al. that the authors use; then weighted by ``reg`` above.
+        "reg_normalize": "sum",  # sum | pixels (per-pixel mean: scale-free alternative)
+        "reg_energy_scale": 1.0e-7,
     },
     "infer": {
         "scales": [1.0, 0.5, 0.75],

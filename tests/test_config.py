@@ -11,10 +11,27 @@ def test_defaults_are_the_papers_constants():
     assert cfg["train"]["max_iters"] == 20000 and cfg["train"]["cam_iters"] == 2000
     assert cfg["train"]["aff_label_iters"] == 6000
     assert cfg["cam"]["scales"] == [1.0, 0.5, 1.5]
-    assert (cfg["cam"]["bg_thresh"], cfg["cam"]["high_thresh"], cfg["cam"]["low_thresh"]) == (0.45, 0.55, 0.35)
-    assert cfg["par"] == {"dilations": [1, 2, 4, 8, 12, 24], "iters": 10, "w1": 0.3, "w2": 0.01, "downscale": 2}
-    assert cfg["affinity"]["radius"] == 8 and cfg["affinity"]["power"] == 2 and cfg["affinity"]["col_eps"] == 0.1
-    assert (cfg["loss"]["cls"], cfg["loss"]["seg"], cfg["loss"]["aff"], cfg["loss"]["reg"]) == (1.0, 0.1, 0.1, 0.01)
+    assert (cfg["cam"]["bg_thresh"], cfg["cam"]["high_thresh"], cfg["cam"]["low_thresh"]) == (
+        0.45,
+        0.55,
+        0.35,
+    )
+    assert cfg["par"] == {
+        "dilations": [1, 2, 4, 8, 12, 24],
+        "iters": 10,
+        "w1": 0.3,
+        "w2": 0.01,
+        "downscale": 2,
+    }
+    assert (
+        cfg["affinity"]["radius"] == 8 and cfg["affinity"]["power"] == 2 and cfg["affinity"]["col_eps"] == 0.1
+    )
+    assert (cfg["loss"]["cls"], cfg["loss"]["seg"], cfg["loss"]["aff"], cfg["loss"]["reg"]) == (
+        1.0,
+        0.1,
+        0.1,
+        0.01,
+    )
     assert cfg["infer"]["scales"] == [1.0, 0.5, 0.75]
     assert cfg["model"]["strides"] == [4, 2, 2, 1]
     assert cfg is not DEFAULTS and cfg["cam"] is not DEFAULTS["cam"]
@@ -25,20 +42,25 @@ def test_yaml_and_overrides(tmp_path):
     path.write_text("train:\n  max_iters: 50\ncam:\n  scales: [1.0]\n")
     cfg = load_config(path, ["train.batch_size=3", "par.w1=0.5", "model.backbone=mit_b0"])
     assert cfg["train"]["max_iters"] == 50 and cfg["cam"]["scales"] == [1.0]
-    assert cfg["train"]["batch_size"] == 3 and cfg["par"]["w1"] == 0.5 and cfg["model"]["backbone"] == "mit_b0"
+    assert (
+        cfg["train"]["batch_size"] == 3 and cfg["par"]["w1"] == 0.5 and cfg["model"]["backbone"] == "mit_b0"
+    )
     assert isinstance(load_config(None, ["par.w1=1"])["par"]["w1"], float)
 
 
-@pytest.mark.parametrize("override, words", [
-    ("train.nonsense=1", "unknown config key 'train.nonsense'"),
-    ("train.batch_size=abc", "must be a number"),
-    ("train.flip=1", "unknown"),
-    ("data.flip=1", "true or false"),
-    ("data.crop_size=100", "multiple of 16"),
-    ("train.mode=weird", "train.mode"),
-    ("cam.low_thresh=0.9", "thresholds"),
-    ("train.batch_size", "key.sub=value"),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("train.nonsense=1", "unknown config key 'train.nonsense'"),
+        ("train.batch_size=abc", "must be a number"),
+        ("train.flip=1", "unknown"),
+        ("data.flip=1", "true or false"),
+        ("data.crop_size=100", "multiple of 16"),
+        ("train.mode=weird", "train.mode"),
+        ("cam.low_thresh=0.9", "thresholds"),
+        ("train.batch_size", "key.sub=value"),
+    ],
+)
 def test_bad_configs_name_the_key(override, words):
     with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(".", r"\.")):
         load_config(None, [override])

@@ -1,0 +1,311 @@
+"""``core.analyze``: one call computes every intermediate map of AFA for one image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class BlockAttention:
+    """Softmax attention of one encoder block, for the attention-heads view.
+
+    attn: ``(heads, N, N')`` float16, rows are query tokens on ``grid``, columns key tokens on
+    ``kv_grid`` (MiT's spatial reduction makes the key grid coarser in stages 1-3).
+    """
+
+    stage: int
+    index: int  # block index within the encoder (0-based, over all stages)
+    grid: tuple[int, int]
+    kv_grid: tuple[int, int]
+    attn: np.ndarray
+
+
+@dataclass
+class Analysis:
+    """Everything the app shows about one image. Arrays are at the image's resolution
+    ``(H, W)`` unless noted; label maps are uint8 class ids (0 background, 255 ignore).
+    Fields a model cannot compute (no attention, no decoder) are None."""
+
+    image: np.ndarray  # (H, W, 3) uint8, the analysed image
+    classes: list[str]  # all class names, background first
+    present: np.ndarray  # (P,) int64 foreground class ids used (1..C-1)
+    scores: np.ndarray  # (C-1,) float32 sigmoid probabilities of the foreground classes
+    labels_source: str  # "given" (user labels) or "predicted" (logit > 0)
+    cam: np.ndarray | None  # (C-1, H, W) float32 in [0, 1], zero for absent classes
+    cam_label: np.ndarray | None  # (H, W)
+    par_label: np.ndarray | None  # (H, W) refined two-background label
+    par_steps: np.ndarray | None  # (iters + 1, K, H, W) float16, step 0 = before PAR
+    par_channels: np.ndarray | None  # (K,) class ids of par_steps channels (0 = background)
+    affinity: np.ndarray | None  # (N, N) float32 learned affinity, N = grid h * w
+    mhsa: np.ndarray | None  # (N, N) float32 symmetrised mean attention
+    grid: tuple[int, int] | None  # (h, w) token grid of affinity / mhsa
+    rw_afa_label: np.ndarray | None
+    rw_mhsa_label: np.ndarray | None
+    attention: list[BlockAttention] | None
+    seg_label: np.ndarray | None
+    seg_crf_label: np.ndarray | None
+    seg_probs: np.ndarray | None = None  # (C, H, W) float16 softmax of the segmentation
+    notes: list[str] = field(default_factory=list)  # e.g. "image downscaled from 4000x3000"
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    meta: dict[str, Any] = field(default_factory=dict)  # model name, checkpoint, settings
+
+
+# -- the analysis -----------------------------------------------------------------------------
+
+
+def _method_config(model) -> dict:
+    """The method settings a checkpoint was trained with, on top of the paper's defaults."""
+    import copy
+
+    from core.config import DEFAULTS
+
+    cfg = copy.deepcopy(DEFAULTS)
+    saved = (getattr(model, "meta", None) or {}).get("config") or {}
+    for section in ("cam", "par", "affinity", "infer", "data"):
+        if isinstance(saved.get(section), dict):
+            cfg[section].update(saved[section])
+    return cfg
+
+
+def _as_rgb_uint8(image) -> tuple[np.ndarray, list[str]]:
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+        return np.ascontiguousarray(image), []
+    from core.io import read_image
+
+    return read_image(image, max_side=None)
+
+
+def _resolve_labels(model, labels, logits) -> tuple[np.ndarray, str, list[str]]:
+    """Foreground class ids to use, where they came from, and notes."""
+    classes = list(model.classes)
+    notes: list[str] = []
+    if labels is not None:
+        ids = []
+        for item in labels:
+            if isinstance(item, (int, np.integer)):
+                if not 1 <= int(item) < len(classes):
+                    raise ValueError(f"class id {item} is out of range 1..{len(classes) - 1}")
+                ids.append(int(item))
+            elif item in classes[1:]:
+                ids.append(classes.index(item))
+            else:
+                raise ValueError(f"unknown class {item!r}; this model knows: {', '.join(classes[1:])}")
+        if ids:
+            return np.array(sorted(set(ids)), dtype=np.int64), "given", notes
+        notes.append("no image-level labels given: using the predicted classes")
+    ids = (np.flatnonzero(logits > 0) + 1).astype(np.int64)
+    if ids.size == 0:
+        ids = np.array([int(np.argmax(logits)) + 1], dtype=np.int64)
+        notes.append(f"no class scored above 0.5: using the most likely one ({classes[ids[0]]})")
+    return ids, "predicted", notes
+
+
+def analyze(
+    model,
+    image,
+    labels=None,
+    scales=(1.0, 0.5, 1.5),
+    crf: bool = False,
+    seg_scales=None,
+    attention: bool = True,
+) -> Analysis:
+    """Every intermediate map of AFA for one RGB uint8 image ``(H, W, 3)``; see ``Analysis``.
+
+    ``labels``: image-level labels as class names (or ids); None uses the classes the model
+    predicts (logit > 0). ``scales``: CAM scales (the paper's 1.0, 0.5, 1.5); the segmentation
+    uses ``seg_scales`` (default: the config's inference scales 1.0, 0.5, 0.75) with flips.
+    Any image size works: each pass resizes the image and every map is resized back.
+    """
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    from core.method.affinity import mhsa_affinity, propagate_with_affinity
+    from core.method.cam import cam_to_label, combine_multiscale_cams, gate_cam, normalize_cam
+    from core.method.multiscale import resize_images
+    from core.method.par import par_kernel
+    from core.method.pseudo import (
+        downscale_for_par,
+        labels_from_background_runs,
+        refine_label_two_backgrounds,
+    )
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    rgb, notes = _as_rgb_uint8(image)
+    h, w = rgb.shape[:2]
+    cfg = _method_config(model)
+    c_cam, c_par, c_aff = cfg["cam"], cfg["par"], cfg["affinity"]
+    scales = tuple(float(s) for s in scales)
+    if not scales or any(s <= 0 for s in scales):
+        raise ValueError("scales must be a non-empty list of positive numbers")
+    has_decoder = getattr(model, "decoder", None) is not None
+    seg_scales = tuple(float(s) for s in (seg_scales or cfg["infer"]["scales"])) if has_decoder else ()
+    device = next(model.parameters()).device
+    mean = torch.tensor(model.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(model.std, device=device).view(1, 3, 1, 1)
+    raw = torch.from_numpy(rgb).to(device).permute(2, 0, 1)[None].float()
+    x = (raw - mean) / std
+    largest = max(scales)
+    cams, seg_logits = [], []
+    logits = aff = grid = None
+    aff_attn: list = []
+    blocks: list[BlockAttention] | None = None
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for scale in dict.fromkeys((1.0,) + scales + seg_scales):  # ordered union, 1.0 first
+            xb = resize_images(x, scale)
+            xb = torch.cat([xb, xb.flip(-1)], dim=0)
+            want_aff = scale == largest and scale in scales
+            if scale in seg_scales:
+                out = model(xb, with_decoder=True, with_affinity=want_aff)
+                seg = F.interpolate(out.seg, size=(h, w), mode="bilinear", align_corners=False)
+                seg_logits.append((seg[:1] + seg[1:].flip(-1)) / 2)
+            else:
+                out = model.forward_cam(xb, with_affinity=want_aff)
+            if scale in scales:
+                cams.append(out.cam)
+            if scale == 1.0:
+                logits = out.logits[0].float().cpu().numpy()
+                if attention and out.enc.attn:
+                    blocks = [
+                        BlockAttention(
+                            stage=s,
+                            index=i,
+                            grid=tuple(out.enc.grids[i]),
+                            kv_grid=tuple(out.enc.kv_grids[i]),
+                            attn=out.enc.attn[i][0].half().cpu().numpy(),
+                        )
+                        for i, s in enumerate(out.enc.block_stage)
+                    ]
+            if want_aff and out.affinity is not None:
+                aff = out.affinity[:1]
+                aff_attn = [out.enc.attn[i][:1] for i in model.last_blocks(out.enc)]
+                grid = tuple(model.affinity_grid(out.enc))
+        timings["forward"] = time.perf_counter() - t0
+
+        present, source, label_notes = _resolve_labels(model, labels, logits)
+        notes += label_notes
+        cls_label = torch.zeros(1, len(model.classes) - 1, device=device)
+        cls_label[0, torch.as_tensor(present - 1, device=device)] = 1.0
+        cam = gate_cam(
+            normalize_cam(combine_multiscale_cams(cams, (h, w), with_flip=True), eps=c_cam["eps"]), cls_label
+        )
+        cam_label = cam_to_label(cam, cls_label, c_cam["bg_thresh"])
+
+        t1 = time.perf_counter()
+        kernel = par_kernel(
+            downscale_for_par(raw, c_par["downscale"]), c_par["dilations"], c_par["w1"], c_par["w2"]
+        )
+        par_label, steps = refine_label_two_backgrounds(
+            raw,
+            cam,
+            cls_label,
+            dilations=c_par["dilations"],
+            iters=c_par["iters"],
+            w1=c_par["w1"],
+            w2=c_par["w2"],
+            high=c_cam["high_thresh"],
+            low=c_cam["low_thresh"],
+            downscale=c_par["downscale"],
+            kernel=kernel,
+            return_steps=True,
+        )
+        par_steps = F.interpolate(steps[:, 0].float(), size=(h, w), mode="bilinear", align_corners=False)
+        timings["par"] = time.perf_counter() - t1
+
+        rw_afa = rw_mhsa = mhsa = None
+        if aff is not None:
+            t2 = time.perf_counter()
+            cam_grid = F.interpolate(cam, size=grid, mode="bilinear", align_corners=False)
+            mhsa = mhsa_affinity(aff_attn)
+            rw = {}
+            for name, matrix in (("afa", aff), ("mhsa", mhsa)):
+                probs_high, probs_low = propagate_with_affinity(
+                    cam_grid,
+                    cls_label,
+                    matrix,
+                    radius=c_aff["radius"],
+                    bg_score=(c_cam["high_thresh"], c_cam["low_thresh"]),
+                    power=c_aff["power"],
+                    col_eps=c_aff["col_eps"],
+                    steps=c_aff["steps"],
+                )
+                rw[name] = labels_from_background_runs(
+                    raw,
+                    probs_high,
+                    probs_low,
+                    cls_label,
+                    dilations=c_par["dilations"],
+                    iters=c_par["iters"],
+                    w1=c_par["w1"],
+                    w2=c_par["w2"],
+                    downscale=c_par["downscale"],
+                    kernel=kernel,
+                )
+            rw_afa, rw_mhsa = rw["afa"], rw["mhsa"]
+            timings["random_walk"] = time.perf_counter() - t2
+
+        seg_label = seg_crf = seg_probs = None
+        if seg_logits:
+            probs = torch.stack(seg_logits).mean(0).softmax(1)[0]
+            seg_label = probs.argmax(0)
+            seg_probs = probs.half().cpu().numpy()
+            if crf:
+                from core.method.crf import dense_crf
+
+                t3 = time.perf_counter()
+                c = cfg["infer"]["crf"]
+                seg_crf = dense_crf(
+                    rgb,
+                    probs.float().cpu().numpy(),
+                    iters=c["iters"],
+                    gauss_sxy=c["gauss_sxy"],
+                    gauss_compat=c["gauss_compat"],
+                    bilateral_sxy=c["bilateral_sxy"],
+                    bilateral_srgb=c["bilateral_srgb"],
+                    bilateral_compat=c["bilateral_compat"],
+                )
+                timings["crf"] = time.perf_counter() - t3
+    if was_training:
+        model.train()
+
+    def label_np(t):
+        return None if t is None else t.reshape(h, w).to(torch.uint8).cpu().numpy()
+
+    timings["total"] = time.perf_counter() - t0
+    return Analysis(
+        image=rgb,
+        classes=list(model.classes),
+        present=present,
+        scores=(1.0 / (1.0 + np.exp(-logits))).astype(np.float32),
+        labels_source=source,
+        cam=cam[0].float().cpu().numpy(),
+        cam_label=label_np(cam_label),
+        par_label=label_np(par_label),
+        par_steps=par_steps.half().cpu().numpy(),
+        par_channels=np.concatenate([[0], present]).astype(np.int64),
+        affinity=None if aff is None else aff[0].float().cpu().numpy(),
+        mhsa=None if mhsa is None else mhsa[0].float().cpu().numpy(),
+        grid=grid,
+        rw_afa_label=label_np(rw_afa),
+        rw_mhsa_label=label_np(rw_mhsa),
+        attention=blocks,
+        seg_label=label_np(seg_label),
+        seg_crf_label=None if seg_crf is None else np.asarray(seg_crf, dtype=np.uint8),
+        seg_probs=seg_probs,
+        notes=notes,
+        timings=timings,
+        meta={
+            "kind": getattr(model, "kind", "afa"),
+            "scales": list(scales),
+            "seg_scales": list(seg_scales),
+            "crf": crf,
+            "checkpoint": (getattr(model, "meta", None) or {}).get("path"),
+        },
+    )

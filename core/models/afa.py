@@ -1,0 +1,172 @@
+"""The AFA network: encoder, GMP classifier + CAM, affinity head, SegFormer all-MLP decoder.
+
+Module names follow the authors' model (``encoder``, ``classifier``, ``attn_proj``, ``decoder``)
+so that their checkpoints map one to one (see ``core/convert.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from core.models.common import EncoderOutput
+
+
+class MLPProjection(nn.Module):
+    """Per-pixel linear projection of a feature map: ``(B, C, H, W) -> (B, D, H, W)``."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        y = self.proj(x.flatten(2).transpose(1, 2))
+        return y.transpose(1, 2).reshape(b, -1, h, w)
+
+
+class ConvBNReLU(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_dim, out_dim, kernel_size=1, bias=False)
+        self.bn = nn.BatchNorm2d(out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.bn(self.conv(x)), inplace=True)
+
+
+class SegFormerHead(nn.Module):
+    """All-MLP decoder: project each stage to ``dim``, upsample to stage 1, fuse, predict C classes."""
+
+    def __init__(self, in_dims: list[int], num_classes: int, dim: int = 256, dropout: float = 0.1):
+        super().__init__()
+        self.linear_c1 = MLPProjection(in_dims[0], dim)
+        self.linear_c2 = MLPProjection(in_dims[1], dim)
+        self.linear_c3 = MLPProjection(in_dims[2], dim)
+        self.linear_c4 = MLPProjection(in_dims[3], dim)
+        self.linear_fuse = ConvBNReLU(4 * dim, dim)
+        self.dropout = nn.Dropout2d(dropout)
+        self.linear_pred = nn.Conv2d(dim, num_classes, kernel_size=1)
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        """features: four maps; returns logits ``(B, C, H_1, W_1)`` at the first stage's size."""
+        c1, c2, c3, c4 = features
+        size = c1.shape[-2:]
+        up = [
+            F.interpolate(proj(c), size=size, mode="bilinear", align_corners=False)
+            if c.shape[-2:] != size
+            else proj(c)
+            for proj, c in ((self.linear_c4, c4), (self.linear_c3, c3), (self.linear_c2, c2))
+        ]
+        fused = self.linear_fuse(torch.cat([*up, self.linear_c1(c1)], dim=1))
+        return self.linear_pred(self.dropout(fused))
+
+
+@dataclass
+class AFAOutput:
+    """logits: ``(B, C-1)``; cam: ``(B, C-1, h, w)`` at stage-4 resolution; seg: ``(B, C, H/4, W/4)``
+    or None; affinity: ``(B, N, N)`` in (0, 1) or None; enc: the encoder's output."""
+
+    logits: Tensor
+    cam: Tensor
+    seg: Tensor | None
+    affinity: Tensor | None
+    enc: EncoderOutput
+
+
+class AFANet(nn.Module):
+    """One network trained end to end. ``kind`` is "afa" (everything) or "cnn_cam" (classifier only)."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_classes: int,
+        decoder_dim: int = 256,
+        decoder_dropout: float = 0.1,
+        aff_blocks: int = 2,
+        kind: str = "afa",
+    ):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError("num_classes counts background plus at least one class")
+        self.kind = kind
+        self.num_classes = num_classes
+        self.aff_blocks = aff_blocks
+        self.encoder = encoder
+        self.classifier = nn.Conv2d(encoder.embed_dims[-1], num_classes - 1, kernel_size=1, bias=False)
+        self.has_attention = kind == "afa" and aff_blocks > 0 and getattr(encoder, "has_attention", True)
+        if self.has_attention:
+            self.attn_proj = nn.Conv2d(aff_blocks * encoder.num_heads[-1], 1, kernel_size=1, bias=True)
+            nn.init.kaiming_normal_(self.attn_proj.weight, a=5**0.5, mode="fan_out")
+        self.decoder = (
+            SegFormerHead(list(encoder.embed_dims), num_classes, decoder_dim, decoder_dropout)
+            if kind == "afa"
+            else None
+        )
+        # set by the factory / loader
+        self.classes: list[str] = []
+        self.mean: list[float] = []
+        self.std: list[float] = []
+        self.meta: dict = {}
+
+    # -- pieces -----------------------------------------------------------------------------
+    def classify(self, f4: Tensor) -> tuple[Tensor, Tensor]:
+        """GMP classifier and CAM from the stage-4 map ``(B, D, h, w)``."""
+        logits = self.classifier(F.adaptive_max_pool2d(f4, 1)).flatten(1)
+        cam = F.conv2d(f4, self.classifier.weight)
+        return logits, cam
+
+    def affinity(self, enc: EncoderOutput) -> Tensor | None:
+        """Learned affinity ``(B, N, N)`` from the raw scores of the last ``aff_blocks`` stage-4 blocks."""
+        if not self.has_attention or not enc.scores:
+            return None
+        last_stage = max(enc.block_stage)
+        idx = [i for i, s in enumerate(enc.block_stage) if s == last_stage][-self.aff_blocks :]
+        scores = torch.cat([enc.scores[i] for i in idx], dim=1)  # (B, blocks*heads, N, N)
+        scores = scores + scores.transpose(-1, -2)
+        return torch.sigmoid(self.attn_proj(scores))[:, 0]
+
+    def affinity_grid(self, enc: EncoderOutput) -> tuple[int, int]:
+        return enc.grids[-1] if enc.grids else tuple(enc.features[-1].shape[-2:])
+
+    def last_blocks(self, enc: EncoderOutput) -> list[int]:
+        """Indices of the blocks whose attention feeds the affinity head (also used by MHSA)."""
+        if not enc.block_stage:
+            return []
+        last_stage = max(enc.block_stage)
+        return [i for i, s in enumerate(enc.block_stage) if s == last_stage][-max(self.aff_blocks, 1) :]
+
+    # -- forwards ---------------------------------------------------------------------------
+    def forward_cam(self, x: Tensor, with_affinity: bool = False) -> AFAOutput:
+        """Encoder + classifier (+ affinity head); never the decoder."""
+        enc = self.encoder(x)
+        logits, cam = self.classify(enc.features[-1])
+        aff = self.affinity(enc) if with_affinity else None
+        return AFAOutput(logits, cam, None, aff, enc)
+
+    def forward(self, x: Tensor, with_decoder: bool = True, with_affinity: bool = True) -> AFAOutput:
+        enc = self.encoder(x)
+        logits, cam = self.classify(enc.features[-1])
+        seg = self.decoder(enc.features) if with_decoder and self.decoder is not None else None
+        aff = self.affinity(enc) if with_affinity else None
+        return AFAOutput(logits, cam, seg, aff, enc)
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """encoder (lr), encoder_norm (frozen by default), heads (10x lr)."""
+        norm_types = (nn.LayerNorm, nn.BatchNorm2d, nn.GroupNorm, nn.SyncBatchNorm)
+        norm_ids = {
+            id(p)
+            for m in self.encoder.modules()
+            if isinstance(m, norm_types)
+            for p in m.parameters(recurse=False)
+        }
+        groups: dict[str, list[nn.Parameter]] = {"encoder": [], "encoder_norm": [], "heads": []}
+        for p in self.encoder.parameters():
+            groups["encoder_norm" if id(p) in norm_ids else "encoder"].append(p)
+        for name, p in self.named_parameters():
+            if not name.startswith("encoder."):
+                groups["heads"].append(p)
+        return groups

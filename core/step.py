@@ -1,0 +1,189 @@
+"""One AFA training step (spec sections 3 and 5), readable top to bottom.
+
+forward -> (no grad) multi-scale CAM -> refined pseudo label (PAR, two backgrounds) ->
+affinity labels -> random walk with the learned affinity -> losses.
+The PAR kernel is computed once per image and shared by every PAR call of the step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from core.method.affinity import affinity_labels, affinity_loss, propagate_with_affinity
+from core.method.cam import cam_to_label, gate_cam
+from core.method.losses import balanced_seg_loss, classification_loss, dense_crf_energy_loss
+from core.method.multiscale import multiscale_cam
+from core.method.par import par_kernel
+from core.method.pseudo import downscale_for_par, labels_from_background_runs, refine_label_two_backgrounds
+
+
+@dataclass
+class StepResult:
+    loss: Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+    labels: dict[str, Tensor] = field(default_factory=dict)
+
+
+def unwrap(model):
+    """The AFANet inside a DistributedDataParallel wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def pixel_accuracy(pred: Tensor, gt: Tensor, ignore_index: int = 255) -> float:
+    """Share of pixels where ``pred`` equals ``gt``, over pixels valid in both."""
+    keep = (gt != ignore_index) & (pred != ignore_index)
+    n = int(keep.sum())
+    return float((pred[keep] == gt[keep]).float().mean()) if n else float("nan")
+
+
+def pseudo_labels(model, batch: dict, cfg: dict, use_afa: bool) -> dict[str, Tensor]:
+    """CAM label, refined (PAR) label and, with ``use_afa``, the AFA-propagated label. No gradient."""
+    c_cam, c_par, c_aff = cfg["cam"], cfg["par"], cfg["affinity"]
+    ignore = cfg["data"]["ignore_index"]
+    images, raw, cls_label, valid = batch["image"], batch["image_raw"], batch["cls_label"], batch["valid"]
+    with torch.no_grad():
+        ms = multiscale_cam(model, images, c_cam["scales"], with_affinity=use_afa, eps=c_cam["eps"])
+        cam = gate_cam(ms.cam, cls_label)
+        out = {
+            "cam_label": cam_to_label(cam, cls_label, c_cam["bg_thresh"], valid=valid, ignore_index=ignore)
+        }
+        if not cfg["train"]["use_par"]:
+            out["par_label"] = _three_way(cam, cls_label, cfg, valid)
+            out["seg_target"] = out["par_label"]
+            return out
+        small = downscale_for_par(raw, c_par["downscale"])
+        kernel = par_kernel(small, c_par["dilations"], c_par["w1"], c_par["w2"])
+        out["par_label"] = refine_label_two_backgrounds(
+            raw,
+            cam,
+            cls_label,
+            dilations=c_par["dilations"],
+            iters=c_par["iters"],
+            w1=c_par["w1"],
+            w2=c_par["w2"],
+            high=c_cam["high_thresh"],
+            low=c_cam["low_thresh"],
+            downscale=c_par["downscale"],
+            valid=valid,
+            ignore_index=ignore,
+            kernel=kernel,
+        )
+        out["seg_target"] = out["par_label"]
+        if use_afa and ms.affinity is not None:
+            cam_grid = F.interpolate(cam, size=ms.grid, mode="bilinear", align_corners=False)
+            probs_high, probs_low = propagate_with_affinity(
+                cam_grid,
+                cls_label,
+                ms.affinity,
+                radius=c_aff["radius"],
+                bg_score=(c_cam["high_thresh"], c_cam["low_thresh"]),
+                power=c_aff["power"],
+                col_eps=c_aff["col_eps"],
+                steps=c_aff["steps"],
+            )
+            out["aff_label"] = labels_from_background_runs(
+                raw,
+                probs_high,
+                probs_low,
+                cls_label,
+                dilations=c_par["dilations"],
+                iters=c_par["iters"],
+                w1=c_par["w1"],
+                w2=c_par["w2"],
+                downscale=c_par["downscale"],
+                valid=valid,
+                ignore_index=ignore,
+                kernel=kernel,
+            )
+    return out
+
+
+def _three_way(cam: Tensor, cls_label: Tensor, cfg: dict, valid: Tensor) -> Tensor:
+    from core.method.cam import cam_to_three_way_label
+
+    return cam_to_three_way_label(
+        cam,
+        cls_label,
+        cfg["cam"]["high_thresh"],
+        cfg["cam"]["low_thresh"],
+        valid=valid,
+        ignore_index=cfg["data"]["ignore_index"],
+    )
+
+
+def training_step(model, batch: dict, cfg: dict, step: int) -> StepResult:
+    """One step of ``cfg['train']['mode']``: afa (the paper), cam (classifier only), supervised."""
+    net = unwrap(model)
+    t, w = cfg["train"], cfg["loss"]
+    ignore = cfg["data"]["ignore_index"]
+    images, cls_label = batch["image"], batch["cls_label"]
+    size = images.shape[-2:]
+    # the decoder is skipped while its loss has weight 0 (mode cam, or before cam_iters); call the
+    # wrapper itself (not net.forward_cam) so DistributedDataParallel still synchronises gradients
+    cls_only = t["mode"] == "cam" or (t["mode"] == "afa" and step < t["cam_iters"])
+    out = model(images, with_decoder=not cls_only, with_affinity=not cls_only)
+    loss_cls = classification_loss(out.logits, cls_label)
+    logs = {"loss_cls": loss_cls.item()}
+    labels: dict[str, Tensor] = {}
+    if cls_only:
+        loss = w["cls"] * loss_cls
+        logs["loss"] = loss.item()
+        return StepResult(loss, logs, labels)
+
+    seg = F.interpolate(out.seg, size=size, mode="bilinear", align_corners=False)
+    labels["seg_pred"] = seg.detach().argmax(1)
+    gt = batch.get("mask")
+    if t["mode"] == "supervised":
+        loss_seg = F.cross_entropy(seg, gt, ignore_index=ignore)
+        loss = w["cls"] * loss_cls + loss_seg
+        logs.update(loss_seg=loss_seg.item(), loss=loss.item())
+        return StepResult(loss, logs, labels)
+
+    use_afa = t["use_aff"] and out.affinity is not None
+    pl = pseudo_labels(net, batch, cfg, use_afa=use_afa)
+    labels.update({k: v for k, v in pl.items() if k != "seg_target"})
+    target = (
+        pl["aff_label"]
+        if (use_afa and step >= t["aff_label_iters"] and "aff_label" in pl)
+        else pl["seg_target"]
+    )
+
+    loss_seg = balanced_seg_loss(seg, target, ignore_index=ignore)
+    loss = w["cls"] * loss_cls + w["seg"] * loss_seg
+    logs["loss_seg"] = loss_seg.item()
+    if use_afa:
+        grid = net.affinity_grid(out.enc)
+        aff_target = affinity_labels(
+            pl["par_label"], grid, radius=cfg["affinity"]["radius"], ignore_index=ignore
+        )
+        loss_aff, n_pos, n_neg = affinity_loss(out.affinity, aff_target, ignore_index=ignore)
+        loss = loss + w["aff"] * loss_aff
+        logs.update(loss_aff=loss_aff.item(), aff_pos=float(n_pos), aff_neg=float(n_neg))
+    if t["use_reg"] and w["reg"] > 0:
+        loss_reg = (
+            dense_crf_energy_loss(
+                seg.softmax(1),
+                batch["image_raw"],
+                valid=batch["valid"],
+                sigma_rgb=w["reg_sigma_rgb"],
+                sigma_xy=w["reg_sigma_xy"],
+                scale=w["reg_scale"],
+                exact_max_pixels=w["reg_exact_max_pixels"],
+                samples=w["reg_samples"],
+                normalize=w["reg_normalize"],
+            )
+            * w["reg_energy_scale"]
+        )
+        loss = loss + w["reg"] * loss_reg
+        logs["loss_reg"] = loss_reg.item()
+    logs["loss"] = loss.item()
+    if gt is not None:
+        for name in ("cam_label", "par_label", "aff_label"):
+            if name in labels:
+                logs[name.replace("_label", "_acc")] = pixel_accuracy(labels[name], gt, ignore)
+        logs["pseudo_acc"] = pixel_accuracy(target, gt, ignore)
+    return StepResult(loss, logs, labels)

@@ -1,0 +1,84 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.config import load_config
+from core.models.registry import create_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = load_config(None, ["model.backbone=mit_b0", "model.num_classes=5"])
+    return create_model(cfg).eval()
+
+
+def test_shapes_and_heads(model):
+    x = torch.randn(2, 3, 64, 96)
+    out = model(x)
+    assert out.logits.shape == (2, 4)
+    assert out.cam.shape == (2, 4, 4, 6)  # output stride 16
+    assert out.seg.shape == (2, 5, 16, 24)  # stride 4
+    assert out.affinity.shape == (2, 24, 24)
+    assert len(out.enc.scores) == 8 and out.enc.block_stage == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_classifier_is_gmp_then_bias_free_conv_and_cam_is_the_same_conv(model):
+    x = torch.randn(1, 3, 64, 64)
+    out = model(x)
+    f4 = out.enc.features[-1]
+    w = model.classifier.weight[:, :, 0, 0]
+    assert model.classifier.bias is None
+    assert torch.allclose(out.logits, f4.amax(dim=(2, 3)) @ w.T, atol=1e-5)
+    assert torch.allclose(out.cam, torch.einsum("bdhw,kd->bkhw", f4, w), atol=1e-5)
+
+
+def test_affinity_head_by_hand(model):
+    out = model(torch.randn(1, 3, 64, 64))
+    s = torch.cat([out.enc.scores[6], out.enc.scores[7]], dim=1)[0]  # last two stage-4 blocks: (16, N, N)
+    assert s.shape[0] == 16
+    s = s + s.transpose(-1, -2)
+    w, b = model.attn_proj.weight[0, :, 0, 0], model.attn_proj.bias[0]
+    expected = torch.sigmoid(torch.einsum("c,cij->ij", w, s) + b)
+    assert torch.allclose(out.affinity[0], expected, atol=1e-5)
+    assert torch.allclose(out.affinity[0], out.affinity[0].T, atol=1e-6)
+    assert (out.affinity > 0).all() and (out.affinity < 1).all()
+
+
+def test_cam_forward_never_runs_the_decoder(model, monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("decoder called")
+
+    monkeypatch.setattr(model.decoder, "forward", boom)
+    out = model.forward_cam(torch.randn(1, 3, 64, 64), with_affinity=True)
+    assert out.seg is None and out.affinity is not None
+    assert model(torch.randn(1, 3, 64, 64), with_decoder=False).seg is None
+
+
+def test_param_groups_partition_and_freeze_norms(model):
+    groups = model.param_groups()
+    ids = [id(p) for g in groups.values() for p in g]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all("norm" in names[id(p)] for p in groups["encoder_norm"])
+    assert all("norm" not in names[id(p)] for p in groups["encoder"])
+    heads = {names[id(p)].split(".")[0] for p in groups["heads"]}
+    assert heads == {"classifier", "attn_proj", "decoder"}
+
+
+def test_cnn_cam_model_has_only_the_classification_branch():
+    cfg = load_config(
+        None, ["model.name=cnn_cam", "model.backbone=resnet18", "train.mode=cam", "model.num_classes=3"]
+    )
+    net = create_model(cfg).eval()
+    assert net.decoder is None and not hasattr(net, "attn_proj")
+    out = net(torch.randn(1, 3, 64, 64))
+    assert out.seg is None and out.affinity is None and out.cam.shape == (1, 2, 4, 4)
+    assert F.adaptive_max_pool2d(out.enc.features[-1], 1).shape[1] == net.encoder.embed_dims[-1]
+
+
+def test_unknown_names_are_clear():
+    with pytest.raises(ValueError, match="unknown model name"):
+        create_model({"model": {"name": "nope", "backbone": "mit_b0", "num_classes": 3}})
+    with pytest.raises(ValueError, match="mit_b0"):
+        create_model({"model": {"name": "afa", "backbone": "mit_b9", "num_classes": 3}})

@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+import torch
+
+import core
+from core.config import load_config
+from core.models.registry import create_model
+
+CLASSES = ["background", "shirt", "bag", "shoe"]
+
+
+def make_model(kind="afa"):
+    torch.manual_seed(0)
+    if kind == "afa":
+        cfg = load_config(None, ["model.backbone=mit_b0", "model.num_classes=4"])
+    else:
+        cfg = load_config(
+            None, ["model.name=cnn_cam", "model.backbone=resnet18", "train.mode=cam", "model.num_classes=4"]
+        )
+    return create_model(cfg, classes=CLASSES).eval()
+
+
+@pytest.fixture(scope="module")
+def afa():
+    return make_model("afa")
+
+
+def image(h=70, w=50, seed=0):
+    rng = np.random.default_rng(seed)
+    img = np.full((h, w, 3), 40, np.uint8)
+    img[10:40, 10:30] = (200, 60, 60)
+    return (img + rng.integers(0, 20, img.shape)).astype(np.uint8)
+
+
+def test_every_field_at_image_resolution(afa):
+    a = core.analyze(afa, image(), labels=["shirt", "shoe"], crf=True)
+    h, w = 70, 50
+    assert a.classes == CLASSES and list(a.present) == [1, 3] and a.labels_source == "given"
+    assert a.scores.shape == (3,) and ((a.scores > 0) & (a.scores < 1)).all()
+    assert a.cam.shape == (3, h, w) and a.cam.min() >= 0 and a.cam.max() <= 1 + 1e-6
+    assert np.all(a.cam[1] == 0)  # "bag" is not in the labels
+    for name in ("cam_label", "par_label", "rw_afa_label", "rw_mhsa_label", "seg_label", "seg_crf_label"):
+        lab = getattr(a, name)
+        assert lab.shape == (h, w) and lab.dtype == np.uint8, name
+    allowed = {0, 1, 3, 255}
+    for name in ("cam_label", "par_label", "rw_afa_label", "rw_mhsa_label"):
+        assert set(np.unique(getattr(a, name))) <= allowed, name
+    assert a.par_steps.shape == (11, 3, h, w) and list(a.par_channels) == [0, 1, 3]
+    gh, gw = a.grid
+    n = gh * gw
+    assert a.affinity.shape == (n, n) and a.mhsa.shape == (n, n)
+    assert np.allclose(a.mhsa, a.mhsa.T, atol=1e-6) and np.allclose(a.affinity, a.affinity.T, atol=1e-6)
+    # the propagation grid is the one of the largest CAM scale (1.5): ceil-ish of 70*1.5/16 x 50*1.5/16
+    assert (gh, gw) == (7, 5) or (gh, gw) == (6, 4) or abs(gh - 105 / 16) < 1.5
+    assert len(a.attention) == 8
+    for blk in a.attention:
+        heads, nq, nk = blk.attn.shape
+        assert nq == blk.grid[0] * blk.grid[1] and nk == blk.kv_grid[0] * blk.kv_grid[1]
+        assert np.allclose(blk.attn.astype(np.float32).sum(-1), 1, atol=1e-2)
+    assert [blk.attn.shape[0] for blk in a.attention] == [1, 1, 2, 2, 5, 5, 8, 8]
+    assert a.seg_probs.shape == (4, h, w)
+
+
+def test_predicted_labels_and_any_size(afa):
+    for h, w in [(33, 33), (17, 200), (129, 97)]:
+        a = core.analyze(afa, image(h, w), scales=(1.0, 0.5))
+        assert a.labels_source == "predicted" and len(a.present) >= 1
+        assert a.cam_label.shape == (h, w) and a.seg_label.shape == (h, w)
+        assert a.par_steps.shape[-2:] == (h, w)
+        assert a.seg_crf_label is None
+
+
+def test_labels_are_checked(afa):
+    with pytest.raises(ValueError, match="unknown class 'cat'"):
+        core.analyze(afa, image(), labels=["cat"])
+    with pytest.raises(ValueError, match="scales"):
+        core.analyze(afa, image(), scales=())
+
+
+def test_odd_inputs_go_through_the_robust_reader(afa):
+    gray = image()[..., 0]
+    a = core.analyze(afa, gray, labels=["bag"])
+    assert a.image.shape == (70, 50, 3) and list(a.present) == [2]
+
+
+def test_cnn_model_returns_none_where_it_cannot_compute():
+    a = core.analyze(make_model("cnn"), image(), labels=["shirt"])
+    assert a.cam.shape == (3, 70, 50) and a.cam_label is not None and a.par_label is not None
+    for name in (
+        "affinity",
+        "mhsa",
+        "grid",
+        "rw_afa_label",
+        "rw_mhsa_label",
+        "attention",
+        "seg_label",
+        "seg_crf_label",
+    ):
+        assert getattr(a, name) is None, name
+
+
+def test_same_image_same_answer(afa):
+    a = core.analyze(afa, image(), labels=["shirt"])
+    b = core.analyze(afa, image(), labels=["shirt"])
+    assert np.array_equal(a.par_label, b.par_label) and np.array_equal(a.rw_afa_label, b.rw_afa_label)

@@ -1,0 +1,110 @@
+import math
+
+import pytest
+import torch
+
+from core.config import load_config
+from core.models.registry import create_model
+from core.step import training_step
+
+
+def batch(b=2, size=64, num_classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    raw = torch.full((b, 3, size, size), 50.0)
+    mask = torch.zeros(b, size, size, dtype=torch.long)
+    cls = torch.zeros(b, num_classes - 1)
+    for i in range(b):
+        k = i % (num_classes - 1)
+        raw[i, :, 8:40, 12:44] = torch.tensor([200.0, 80.0, 40.0 + 60 * k]).view(3, 1, 1)
+        mask[i, 8:40, 12:44] = k + 1
+        cls[i, k] = 1
+    raw = raw + torch.rand(raw.shape, generator=g) * 10
+    valid = torch.ones(b, size, size, dtype=torch.bool)
+    valid[:, :, -6:] = False  # padding of the crop
+    mask[~valid] = 255
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+    return {"image": (raw - mean) / std, "image_raw": raw, "cls_label": cls, "mask": mask, "valid": valid}
+
+
+def make(overrides=()):
+    cfg = load_config(
+        None,
+        [
+            "model.backbone=mit_b0",
+            "model.num_classes=4",
+            "train.cam_iters=10",
+            "train.aff_label_iters=20",
+            "loss.reg_exact_max_pixels=2048",
+            *overrides,
+        ],
+    )
+    torch.manual_seed(0)
+    return create_model(cfg).train(), cfg
+
+
+def grads(model):
+    return {name: p.grad is not None and p.grad.abs().sum() > 0 for name, p in model.named_parameters()}
+
+
+def test_classification_only_before_cam_iters():
+    model, cfg = make()
+    res = training_step(model, batch(), cfg, step=0)
+    res.loss.backward()
+    g = grads(model)
+    assert set(res.logs) == {"loss", "loss_cls"} and math.isfinite(res.logs["loss"])
+    assert g["classifier.weight"] and not any(v for k, v in g.items() if k.startswith("decoder."))
+    assert not g["attn_proj.weight"]
+
+
+@pytest.mark.parametrize("step, target", [(15, "par_label"), (25, "aff_label")])
+def test_full_step_every_loss_on(step, target):
+    model, cfg = make()
+    b = batch()
+    res = training_step(model, b, cfg, step=step)
+    res.loss.backward()
+    for key in ("loss_cls", "loss_seg", "loss_aff", "loss_reg"):
+        assert key in res.logs and math.isfinite(res.logs[key]), key
+    for key in ("cam", "par", "aff"):  # accuracy is NaN only when a label has no valid pixel
+        all_ignored = bool((res.labels[f"{key}_label"] == 255).all())
+        assert math.isfinite(res.logs[f"{key}_acc"]) != all_ignored, key
+    w = cfg["loss"]
+    total = (
+        w["cls"] * res.logs["loss_cls"]
+        + w["seg"] * res.logs["loss_seg"]
+        + w["aff"] * res.logs["loss_aff"]
+        + w["reg"] * res.logs["loss_reg"]
+    )
+    assert res.logs["loss"] == pytest.approx(total, rel=1e-5)
+    g = grads(model)
+    assert g["classifier.weight"] and g["attn_proj.weight"] and g["decoder.linear_pred.weight"]
+    assert g["encoder.patch_embed1.proj.weight"]
+    for name in ("cam_label", "par_label", "aff_label", "seg_pred"):
+        lab = res.labels[name]
+        assert lab.shape == (2, 64, 64)
+        if name != "seg_pred":
+            assert (lab[b["valid"] == 0] == 255).all()  # padding is ignored in every derived label
+            allowed = {0, 255} | {int(k) + 1 for k in b["cls_label"].nonzero()[:, 1]}
+            assert set(lab.unique().tolist()) <= allowed
+    # the segmentation target switches to the AFA label after aff_label_iters
+    assert res.logs["pseudo_acc"] == pytest.approx(res.logs[target.replace("_label", "_acc")], nan_ok=True)
+
+
+def test_ablation_switches():
+    model, cfg = make(["train.use_aff=false", "train.use_reg=false", "train.use_par=false"])
+    res = training_step(model, batch(), cfg, step=30)
+    assert "loss_aff" not in res.logs and "loss_reg" not in res.logs and "aff_label" not in res.labels
+    assert res.logs["loss"] == pytest.approx(res.logs["loss_cls"] + 0.1 * res.logs["loss_seg"], rel=1e-5)
+
+
+def test_supervised_and_cam_modes():
+    model, cfg = make(["train.mode=supervised"])
+    res = training_step(model, batch(), cfg, step=0)
+    res.loss.backward()
+    assert "loss_seg" in res.logs and grads(model)["decoder.linear_pred.weight"]
+    cfg = load_config(
+        None, ["model.name=cnn_cam", "model.backbone=resnet18", "train.mode=cam", "model.num_classes=4"]
+    )
+    cnn = create_model(cfg).train()
+    res = training_step(cnn, batch(), cfg, step=100)
+    assert set(res.logs) == {"loss", "loss_cls"}
