@@ -1,0 +1,209 @@
+"""Evaluate a checkpoint: mIoU of every pseudo-label and segmentation stage, and classification F1.
+
+    python -m core.evaluate --checkpoint C.safetensors --data DATA_ROOT --split val \
+        [--crf] [--limit N] [--scales 1.0 0.5 1.5] [--dataset-kind scenes|voc|coco] --out R.json
+    torchrun --nproc_per_node=N -m core.evaluate ...   (images sharded by rank, matrices summed)
+
+Each image goes through ``core.analyze`` with its ground-truth image-level labels (the classes in
+its mask), so the pseudo-label stages are measured as in training; the segmentation stages do
+not use the labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core import distributed as ddp
+from core.runstate import UserError, user_error_types
+
+STAGES = ("cam_label", "par_label", "rw_mhsa_label", "rw_afa_label", "seg_label", "seg_crf_label")
+
+
+def _to_uint8_hwc(image: Any) -> np.ndarray:
+    """A sample's ``image_raw`` (3, H, W) on the 0-255 scale -> (H, W, 3) uint8."""
+    arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[-1] != 3:
+        arr = arr.transpose(1, 2, 0)
+    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def evaluate_model(model: torch.nn.Module, dataset: Any, cfg: dict, limit: int | None = None,
+                   crf: bool = False, rank: int = 0, world_size: int = 1,
+                   scales: list[float] | None = None, progress: bool = False) -> dict[str, Any]:
+    """Evaluate ``model`` (unwrapped, any device) on the first ``limit`` samples of ``dataset``.
+
+    Rank ``r`` of ``world_size`` analyses every ``world_size``-th image; confusion matrices, F1 sums
+    and counts are summed over ranks, so every rank returns the same dict:
+    ``{"n_images", "stages": {stage: {"miou", "per_class"}}, "cls_f1", "seconds", "images_per_s"}``.
+    Stages the model cannot compute (``None`` in the analysis) are left out.
+    """
+    from core.analyze import analyze
+    from core.method.metrics import ConfusionMatrix, multilabel_f1
+
+    num_classes = int(cfg["model"]["num_classes"])
+    ignore = int(cfg["data"]["ignore_index"])
+    names = list(model.classes)
+    if len(names) != num_classes:
+        raise ValueError(f"the model has {len(names)} classes but model.num_classes is {num_classes}")
+    if getattr(model, "meta", None) is None:  # analyze reads the method settings from model.meta
+        model.meta = {"config": cfg}
+    scales = tuple(scales or cfg["cam"]["scales"])
+    total = len(dataset) if limit is None else min(int(limit), len(dataset))
+    mine = ddp.shard(list(range(total)), rank, world_size)
+    matrices = {stage: ConfusionMatrix(num_classes, ignore) for stage in STAGES}
+    # per stage: images that produced it; then F1 sum and the number of images
+    counts = torch.zeros(len(STAGES) + 2, dtype=torch.float64)
+
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+        bar = tqdm(total=len(mine), desc="evaluate", disable=not sys.stderr.isatty())
+    try:
+        for index in mine:
+            sample = dataset[index]
+            gt = _to_numpy(sample["mask"]).astype(np.int64)
+            present = sorted(int(c) for c in np.unique(gt) if 0 < c < num_classes)
+            # the ground-truth image-level labels (as class ids; analyze also takes names)
+            result = analyze(model, _to_uint8_hwc(sample["image_raw"]), labels=present, scales=scales,
+                             crf=crf, attention=False)
+            for i, stage in enumerate(STAGES):
+                pred = getattr(result, stage, None)
+                if pred is not None:
+                    matrices[stage].update(np.asarray(pred), gt)
+                    counts[i] += 1
+            truth = np.zeros((1, num_classes - 1), dtype=np.float32)
+            truth[0, [c - 1 for c in present]] = 1.0
+            pred_cls = (np.asarray(result.scores, dtype=np.float32) > 0.5).astype(np.float32)[None]
+            counts[-2] += multilabel_f1(pred_cls, truth)
+            counts[-1] += 1
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        model.train(was_training)
+
+    for stage in STAGES:
+        matrices[stage].all_reduce()
+    counts = ddp.all_reduce_sum(counts)
+    seconds = time.perf_counter() - start
+    n_images = int(counts[-1].item())
+    stages = {}
+    for i, stage in enumerate(STAGES):
+        if counts[i] > 0:
+            stages[stage] = matrices[stage].as_dict(names)  # miou, pixel_accuracy, per_class
+    return {
+        "n_images": n_images,
+        "stages": stages,
+        "cls_f1": float(counts[-2].item() / n_images) if n_images else None,
+        "seconds": seconds,
+        "images_per_s": n_images / seconds if seconds > 0 else None,
+    }
+
+
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The short form that goes into metrics.jsonl and checkpoint metadata."""
+    return {"miou": {stage: v["miou"] for stage, v in result["stages"].items()}, "cls_f1": result["cls_f1"]}
+
+
+# ---------------------------------------------------------------- command line
+def infer_dataset_kind(root: Path, hint: str | None = None) -> str:
+    """scenes | voc | coco from a dataset folder's layout; ``hint`` (the kind the checkpoint was
+    trained on) decides when the layout does not."""
+    if (root / "classes.txt").is_file():  # written by python -m core.data.scenes
+        return "scenes"
+    images = root / "JPEGImages"
+    if any((images / sub).is_dir() for sub in ("train2014", "val2014", "train", "val")):
+        return "coco"
+    if images.is_dir():
+        return "voc"
+    if hint in ("scenes", "voc", "coco"):
+        return hint
+    raise UserError(f"{root} is not a dataset in VOC layout (no JPEGImages/ folder); "
+                     "pass --dataset-kind scenes|voc|coco")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m core.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint of this project")
+    p.add_argument("--data", required=True, help="dataset root folder")
+    p.add_argument("--split", default="val")
+    p.add_argument("--dataset-kind", choices=["scenes", "voc", "coco"], default=None)
+    p.add_argument("--crf", action="store_true", help="also evaluate the dense-CRF segmentation")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--scales", type=float, nargs="+", default=None, help="CAM scales (default: the config's)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--out", default=None, help="write the JSON here (printed to stdout otherwise)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from core import load_model
+    from core.checkpoint import read_meta
+    from core.config import load_config, set_by_path
+    from core.data import build_dataset
+
+    root = Path(args.data)
+    if not root.is_dir():
+        raise UserError(f"dataset folder not found: {root}")
+    meta = read_meta(args.checkpoint)
+    info, device = ddp.init_distributed(args.device)
+    cfg = load_config()
+    saved = meta.get("config")
+    if isinstance(saved, dict):
+        for section in ("data", "cam", "par", "affinity", "infer"):
+            cfg[section].update(saved.get(section, {}))
+    cfg["model"].update(meta["model"])
+    kind = args.dataset_kind or infer_dataset_kind(root, (meta.get("data") or {}).get("name"))
+    set_by_path(cfg, "data.name", kind)
+    set_by_path(cfg, "data.root", str(root))
+    set_by_path(cfg, "data.val_split", args.split)
+    dataset = build_dataset(cfg, args.split, train=False)
+    model = load_model(args.checkpoint, device=device)
+    result = evaluate_model(model, dataset, cfg, limit=args.limit, crf=args.crf, rank=info.rank,
+                            world_size=info.world_size, scales=args.scales, progress=True)
+    return {"checkpoint": str(args.checkpoint), "data": str(root), "split": args.split, "dataset_kind": kind,
+            "crf": bool(args.crf), **result}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+
+    from core.checkpoint import atomic_write_json
+
+    args = parse_args(argv)
+    try:
+        result = run(args)
+    except user_error_types() as exc:  # one clear line for the user; --debug shows where
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        ddp.cleanup()
+        return 2
+    if ddp.env_info().is_main:
+        if args.out:
+            atomic_write_json(args.out, result)
+            print(json.dumps(summary(result), indent=2))
+        else:
+            print(json.dumps(result, indent=2))
+    ddp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

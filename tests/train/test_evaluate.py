@@ -1,0 +1,70 @@
+"""``python -m core.evaluate`` on tiny checkpoints: every stage the model can compute, in JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from core.config import load_config
+from core.data import class_names
+from core.evaluate import STAGES, infer_dataset_kind, main
+from core.models.registry import create_model
+from core.runstate import save_model_checkpoint
+
+from .conftest import TINY
+
+
+def _checkpoint(tmp_path, root, *overrides: str):
+    cfg = load_config(TINY, [f"data.root={root}", *overrides])
+    torch.manual_seed(0)
+    model = create_model(cfg, classes=class_names(cfg))
+    return save_model_checkpoint(tmp_path / "model.safetensors", model, cfg, step=0)
+
+
+@pytest.mark.slow
+def test_evaluate_cli_reports_every_stage(tmp_path, tiny_scenes, capsys):
+    ckpt = _checkpoint(tmp_path, tiny_scenes)
+    out = tmp_path / "result.json"
+    assert main(["--checkpoint", str(ckpt), "--data", str(tiny_scenes), "--split", "val", "--crf",
+                 "--limit", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["n_images"] == 2 and result["split"] == "val" and result["dataset_kind"] == "scenes"
+    assert set(result["stages"]) == set(STAGES)
+    names = class_names(load_config(TINY, [f"data.root={tiny_scenes}"]))
+    for stage in STAGES:
+        entry = result["stages"][stage]
+        assert set(entry["per_class"]) == set(names)
+        assert entry["miou"] is None or 0.0 <= entry["miou"] <= 1.0
+    assert 0.0 <= result["cls_f1"] <= 1.0
+    assert result["seconds"] > 0 and result["images_per_s"] > 0
+    assert "cam_label" in json.loads(capsys.readouterr().out)["miou"]
+
+
+@pytest.mark.slow
+def test_evaluate_skips_stages_a_cnn_cannot_compute(tmp_path, tiny_scenes):
+    ckpt = _checkpoint(tmp_path, tiny_scenes, "model.name=cnn_cam", "model.backbone=resnet18",
+                       "train.mode=cam")
+    out = tmp_path / "cnn.json"
+    args = ["--checkpoint", str(ckpt), "--data", str(tiny_scenes), "--limit", "1", "--out", str(out)]
+    assert main(args) == 0
+    stages = json.loads(out.read_text())["stages"]
+    assert set(stages) == {"cam_label", "par_label"}
+
+
+def test_evaluate_errors_are_one_line(tmp_path, tiny_scenes, capsys):
+    assert main(["--checkpoint", str(tmp_path / "none.safetensors"), "--data", str(tiny_scenes)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert main(["--checkpoint", "x.safetensors", "--data", str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
+
+
+def test_dataset_kind_from_layout(tmp_path, tiny_scenes):
+    assert infer_dataset_kind(tiny_scenes) == "scenes"
+    (tmp_path / "voc" / "JPEGImages").mkdir(parents=True)
+    assert infer_dataset_kind(tmp_path / "voc") == "voc"
+    (tmp_path / "coco" / "JPEGImages" / "val2014").mkdir(parents=True)
+    assert infer_dataset_kind(tmp_path / "coco") == "coco"
+    assert infer_dataset_kind(tmp_path, hint="coco") == "coco"
