@@ -1,0 +1,201 @@
+"""The app's only door into ``core``: reading images, checkpoints, loading models, analysing.
+
+Handlers call ``BACKEND``; tests swap it for a fake that returns fixture analyses, so the UI can
+be exercised without a model. Loaded models are kept in a small LRU keyed by file fingerprint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.cache import checkpoint_fingerprint
+
+log = logging.getLogger("afa_app")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def checkpoint_dirs() -> list[Path]:
+    """Folders searched for ``*.safetensors``: ``checkpoints/`` or ``AFA_APP_CHECKPOINT_DIRS``
+    (os.pathsep-separated; a server-side setting, never something a browser can change)."""
+    configured = os.environ.get("AFA_APP_CHECKPOINT_DIRS", "")
+    if configured:
+        return [Path(p) if Path(p).is_absolute() else ROOT / p for p in configured.split(os.pathsep) if p]
+    return [ROOT / "checkpoints"]
+
+
+def runs_dir() -> Path:
+    """Where training runs live: ``runs/`` or ``AFA_APP_RUNS_DIR``."""
+    configured = os.environ.get("AFA_APP_RUNS_DIR", "")
+    if configured:
+        return Path(configured) if Path(configured).is_absolute() else ROOT / configured
+    return ROOT / "runs"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One checkpoint the app may open. ``id`` is a path relative to the app root: the only form
+    a browser ever sends back (validated against discovery, never opened blindly)."""
+
+    id: str
+    path: Path
+    kind: str  # "afa" | "cnn_cam"
+    label: str
+    classes: tuple[str, ...]
+    meta: dict
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input rather than a bug: shown as one short line in the UI."""
+    errors: list[type[BaseException]] = [ValueError, FileNotFoundError, MemoryError]
+    for module, name in (
+        ("core.io", "ImageReadError"),
+        ("core.checkpoint", "CheckpointError"),
+        ("core.config", "ConfigError"),
+    ):
+        try:
+            errors.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    try:
+        import torch
+
+        errors.append(torch.cuda.OutOfMemoryError)
+    except (ImportError, AttributeError):
+        pass
+    return tuple(errors)
+
+
+class CoreBackend:
+    """Thin wrappers over core; nothing here computes anything about the method."""
+
+    def __init__(self, max_models: int = 4):
+        self._models: OrderedDict[str, Any] = OrderedDict()
+        self._max_models = max_models
+        self._lock = threading.Lock()
+        self._load_locks: dict[str, threading.Lock] = {}
+
+    def read_image(self, source: Any, max_side: int):
+        from core.io import read_image
+
+        return read_image(source, max_side)
+
+    def read_meta(self, path: Path) -> dict:
+        from core.checkpoint import read_meta
+
+        return read_meta(path)
+
+    def load_model(self, path: Path):
+        key = checkpoint_fingerprint(path)
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            load_lock = self._load_locks.setdefault(key, threading.Lock())
+        with load_lock:  # two sessions asking for the same model load it once
+            with self._lock:
+                if key in self._models:
+                    return self._models[key]
+            import core
+
+            model = core.load_model(str(path))
+            with self._lock:
+                self._models[key] = model
+                while len(self._models) > self._max_models:
+                    self._models.popitem(last=False)
+                self._load_locks.pop(key, None)
+            return model
+
+    def analyze(self, model, image, labels, scales, crf):
+        import core
+
+        return core.analyze(model, image, labels=labels, scales=scales, crf=crf)
+
+    def crf_available(self) -> bool:
+        try:
+            from core.method.crf import crf_available
+
+            return bool(crf_available())
+        except ImportError:
+            return False
+
+    def core_available(self) -> bool:
+        try:
+            import core
+
+            return callable(getattr(core, "analyze", None)) and callable(getattr(core, "load_model", None))
+        except Exception:  # noqa: BLE001 - a half-written core must not stop the app from starting
+            return False
+
+    def discover(self, include_runs: bool = True) -> list[CheckpointInfo]:
+        """Checkpoints in the checkpoint folders and the runs' ``checkpoint.safetensors``."""
+        paths = [p for d in checkpoint_dirs() for p in sorted(d.glob("*.safetensors"))]
+        if include_runs:
+            paths += sorted(runs_dir().glob("*/checkpoint.safetensors"))
+        found = []
+        for path in paths:
+            if path.name.startswith(".") or path.name.endswith(".train.safetensors"):
+                continue
+            if path.name.startswith("train_state"):
+                continue
+            try:
+                meta = self.read_meta(path)
+            except Exception as exc:  # noqa: BLE001 - one bad file must not hide the others
+                log.warning("skipping checkpoint %s: %s", path, exc)
+                continue
+            found.append(describe_checkpoint(path, meta))
+        return found
+
+
+def checkpoint_id(path: Path, root: Path = ROOT) -> str:
+    """The name a browser uses for a checkpoint: relative to the app root when inside it."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(root.resolve()))
+    except ValueError:
+        return str(resolved)
+
+
+def describe_checkpoint(path: Path, meta: dict, root: Path = ROOT) -> CheckpointInfo:
+    model_cfg = meta.get("model", {}) if isinstance(meta.get("model"), dict) else {}
+    kind = str(model_cfg.get("name", "afa"))
+    rel = checkpoint_id(path, root)
+    stem = path.parent.name if path.name == "checkpoint.safetensors" else path.stem
+    parts = [stem, str(model_cfg.get("backbone", "?"))]
+    if meta.get("step"):
+        parts.append(f"step {meta['step']}")
+    miou = _headline_miou(meta.get("metrics"))
+    if miou is not None:
+        parts.append(f"mIoU {miou:.1f}")
+    if path.name == "checkpoint.safetensors":
+        parts.append("run")
+    return CheckpointInfo(
+        id=rel,
+        path=path,
+        kind=kind,
+        label=" · ".join(parts),
+        classes=tuple(meta.get("classes", ())),
+        meta=meta,
+    )
+
+
+def _headline_miou(metrics: Any) -> float | None:
+    """The first mIoU-like number in the checkpoint's metrics (shown in the picker label only)."""
+    if not isinstance(metrics, dict):
+        return None
+    for key in ("miou", "seg_miou", "val_miou", "mIoU"):
+        value = metrics.get(key)
+        if isinstance(value, dict):
+            value = next((v for v in value.values() if isinstance(v, (int, float))), None)
+        if isinstance(value, (int, float)):
+            return float(value) * (100.0 if value <= 1.0 else 1.0)
+    return None
+
+
+BACKEND = CoreBackend()

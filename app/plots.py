@@ -1,0 +1,104 @@
+"""Plotly figures: class scores and training curves. Input is numbers already computed elsewhere."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+LOSS_KEYS = ("loss", "loss_cls", "loss_seg", "loss_aff", "loss_reg")
+_LAYOUT = dict(
+    margin=dict(l=10, r=10, t=36, b=10),
+    template="plotly_white",
+    legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
+)
+
+
+def scores_figure(
+    classes: list[str], series: dict[str, np.ndarray], present: Iterable[int] = ()
+) -> go.Figure:
+    """Grouped horizontal bars of per-class probabilities, one series per model.
+
+    ``classes`` are all class names (background first); each series holds the C-1 foreground
+    probabilities. Classes in ``present`` (the labels used) are marked with a dot."""
+    names = list(classes[1:])
+    present = {int(c) for c in present}
+    shown = [f"● {n}" if i + 1 in present else n for i, n in enumerate(names)]
+    fig = go.Figure()
+    for label, values in series.items():
+        values = np.asarray(values, dtype=float).reshape(-1)[: len(names)]
+        fig.add_trace(
+            go.Bar(
+                x=values,
+                y=shown,
+                orientation="h",
+                name=label,
+                hovertemplate="%{y}: %{x:.3f}<extra>" + label + "</extra>",
+            )
+        )
+    fig.add_vline(
+        x=0.5, line_dash="dot", line_color="#888", annotation_text="0.5", annotation_position="bottom right"
+    )
+    fig.update_layout(
+        **_LAYOUT,
+        barmode="group",
+        height=max(220, 34 * len(names) + 80),
+        title=dict(text="Class scores (● = labels used)", font=dict(size=13)),
+    )
+    fig.update_xaxes(range=[0, 1], title_text="probability")
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def training_figure(records: list[dict]) -> go.Figure:
+    """Loss terms (left) and evaluation mIoU per stage (right) against the iteration."""
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=("losses", "mIoU (eval), pseudo-label accuracy (train)"),
+        horizontal_spacing=0.1,
+    )
+    train = [r for r in records if r.get("kind", "train") == "train" and "step" in r]
+    for key in LOSS_KEYS:
+        points = [(r["step"], r[key]) for r in train if _is_number(r.get(key))]
+        if points:
+            steps, values = zip(*points)
+            fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=key, legendgroup="loss"), 1, 1)
+    accuracy_keys = sorted({k for r in train for k in r if k.endswith("_acc") and _is_number(r.get(k))})
+    evals = [r for r in records if r.get("kind") == "eval" and "step" in r]
+    stages: dict[str, list[tuple[int, float]]] = {}
+    for r in evals:
+        miou = r.get("miou")
+        if _is_number(miou):
+            miou = {"miou": miou}
+        for stage, value in (miou or {}).items():
+            if _is_number(value):
+                stages.setdefault(stage, []).append((r["step"], _percent(value)))
+    for stage, points in stages.items():
+        steps, values = zip(*points)
+        fig.add_trace(go.Scatter(x=steps, y=values, mode="lines+markers", name=f"mIoU {stage}"), 1, 2)
+    for key in accuracy_keys:  # pseudo-label accuracy against ground truth, where the data has it
+        points = [(r["step"], _percent(r[key])) for r in train if _is_number(r.get(key))]
+        steps, values = zip(*points)
+        fig.add_trace(
+            go.Scatter(x=steps, y=values, mode="lines", name=key.replace("_", " "), line=dict(dash="dot")),
+            1,
+            2,
+        )
+    if not train and not evals:
+        fig.add_annotation(text="no metrics yet", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    legend = dict(orientation="h", yanchor="top", y=-0.3, x=0, font=dict(size=11))
+    fig.update_layout(**{**_LAYOUT, "legend": legend, "margin": dict(l=10, r=10, t=30, b=10)}, height=420)
+    fig.update_xaxes(title_text="iteration")
+    fig.update_yaxes(title_text="%", row=1, col=2)
+    return fig
+
+
+def _percent(value: float) -> float:
+    return float(value) * 100.0 if float(value) <= 1.0 else float(value)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)

@@ -1,0 +1,263 @@
+"""Pure rendering helpers: arrays in, RGB uint8 pictures (or HTML) out.
+
+Nothing here knows about CAMs or affinity beyond "a map of numbers" or "a map of class ids";
+every value drawn was computed by ``core.analyze``. Resizing here is for display only.
+"""
+
+from __future__ import annotations
+
+import html
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+IGNORE_ID = 255
+IGNORE_COLOUR = (255, 255, 255)
+
+
+@lru_cache(maxsize=1)
+def palette() -> np.ndarray:
+    """``(256, 3)`` uint8 colours indexed by class id: the PASCAL VOC bit-interleaved palette,
+    background (0) black and ignore (255) white."""
+    colours = np.zeros((256, 3), dtype=np.uint8)
+    for index in range(256):
+        r = g = b = 0
+        value = index
+        for shift in range(7, -1, -1):
+            r |= ((value >> 0) & 1) << shift
+            g |= ((value >> 1) & 1) << shift
+            b |= ((value >> 2) & 1) << shift
+            value >>= 3
+        colours[index] = (r, g, b)
+    colours[IGNORE_ID] = IGNORE_COLOUR
+    colours.setflags(write=False)
+    return colours
+
+
+def colorize_labels(label: np.ndarray) -> np.ndarray:
+    """``(H, W)`` class ids -> ``(H, W, 3)`` uint8 colours."""
+    return palette()[np.asarray(label, dtype=np.uint8)]
+
+
+def blend(
+    image: np.ndarray, overlay: np.ndarray, opacity: float, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """``image * (1 - opacity) + overlay * opacity`` (only where ``mask`` is True, if given)."""
+    opacity = float(np.clip(opacity, 0.0, 1.0))
+    out = cv2.addWeighted(_rgb(image), 1.0 - opacity, _rgb(overlay), opacity, 0.0)
+    if mask is not None:
+        out = np.where(mask[..., None], out, _rgb(image))
+    return out
+
+
+def overlay_labels(
+    image: np.ndarray, label: np.ndarray, opacity: float = 0.6, show_background: bool = True
+) -> np.ndarray:
+    """Colour a label map over the image. ``show_background=False`` leaves background pixels as they are."""
+    label = fit_to(label, image.shape[:2], mode="nearest")
+    mask = None if show_background else label != 0
+    return blend(image, colorize_labels(label), opacity, mask)
+
+
+@lru_cache(maxsize=8)
+def colormap_lut(name: str = "jet") -> np.ndarray:
+    """``(256, 3)`` uint8 lookup table of a matplotlib colormap."""
+    from matplotlib import colormaps
+
+    cmap = colormaps[name]
+    lut = (cmap(np.linspace(0.0, 1.0, 256))[:, :3] * 255.0 + 0.5).astype(np.uint8)
+    lut.setflags(write=False)
+    return lut
+
+
+def heatmap(
+    values: np.ndarray, vmin: float | None = 0.0, vmax: float | None = 1.0, cmap: str = "jet"
+) -> np.ndarray:
+    """``(H, W)`` numbers -> ``(H, W, 3)`` colours; ``vmin``/``vmax`` None means the map's own range."""
+    values = np.asarray(values, dtype=np.float32)
+    finite = np.isfinite(values)
+    lo = float(values[finite].min()) if vmin is None and finite.any() else float(vmin or 0.0)
+    hi = (
+        float(values[finite].max()) if vmax is None and finite.any() else float(1.0 if vmax is None else vmax)
+    )
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    index = np.clip((np.nan_to_num(values, nan=lo) - lo) * scale, 0, 255).astype(np.uint8)
+    return colormap_lut(cmap)[index]
+
+
+def overlay_heatmap(
+    image: np.ndarray,
+    values: np.ndarray,
+    opacity: float = 0.5,
+    vmin: float | None = 0.0,
+    vmax: float | None = 1.0,
+    cmap: str = "jet",
+    mode: str = "bilinear",
+) -> np.ndarray:
+    """A heat map of ``values`` (any resolution; resized for display) over ``image``."""
+    values = fit_to(np.asarray(values, dtype=np.float32), image.shape[:2], mode=mode)
+    return blend(image, heatmap(values, vmin, vmax, cmap), opacity)
+
+
+def fit_to(values: np.ndarray, size: tuple[int, int], mode: str = "nearest") -> np.ndarray:
+    """Resize a 2-D map (token grid or label map) to ``size = (H, W)`` for display.
+
+    ``nearest`` keeps each token a crisp square (and class ids intact); ``bilinear`` smooths."""
+    values = np.asarray(values)
+    height, width = int(size[0]), int(size[1])
+    if values.shape[:2] == (height, width):
+        return values
+    if mode == "nearest":
+        rows = np.minimum((np.arange(height) * values.shape[0]) // height, values.shape[0] - 1)
+        cols = np.minimum((np.arange(width) * values.shape[1]) // width, values.shape[1] - 1)
+        return values[rows[:, None], cols[None, :]]
+    if mode == "bilinear":
+        return cv2.resize(values.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    raise ValueError(f"unknown resize mode {mode!r}; use 'nearest' or 'bilinear'")
+
+
+def draw_marker(image: np.ndarray, point: tuple[int, int] | None, colour=(255, 255, 255)) -> np.ndarray:
+    """A ring with a cross at ``point = (x, y)``, outlined in black so it shows on any background."""
+    out = _rgb(image).copy()
+    if point is None:
+        return out
+    x, y = int(point[0]), int(point[1])
+    radius = max(4, min(out.shape[:2]) // 40)
+    for thickness, col in ((4, (0, 0, 0)), (2, tuple(int(c) for c in colour))):
+        cv2.circle(out, (x, y), radius, col, thickness, lineType=cv2.LINE_AA)
+        cv2.line(out, (x - 2 * radius, y), (x - radius, y), col, thickness, lineType=cv2.LINE_AA)
+        cv2.line(out, (x + radius, y), (x + 2 * radius, y), col, thickness, lineType=cv2.LINE_AA)
+        cv2.line(out, (x, y - 2 * radius), (x, y - radius), col, thickness, lineType=cv2.LINE_AA)
+        cv2.line(out, (x, y + radius), (x, y + 2 * radius), col, thickness, lineType=cv2.LINE_AA)
+    return out
+
+
+def draw_token_box(
+    image: np.ndarray, box: tuple[int, int, int, int] | None, colour=(255, 255, 255)
+) -> np.ndarray:
+    """Outline the image area ``(x0, y0, x1, y1)`` covered by one token."""
+    out = _rgb(image).copy()
+    if box is None:
+        return out
+    x0, y0, x1, y1 = (int(v) for v in box)
+    cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), (0, 0, 0), 3)
+    cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), colour, 1)
+    return out
+
+
+def resize_long_side(image: np.ndarray, long_side: int) -> np.ndarray:
+    """Shrink (never enlarge) so the longer side is ``long_side`` pixels."""
+    height, width = image.shape[:2]
+    scale = long_side / max(height, width)
+    if scale >= 1.0:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def tile_grid(
+    tiles: list[np.ndarray],
+    titles: list[str] | None = None,
+    columns: int | None = None,
+    gap: int = 4,
+    background: int = 255,
+) -> np.ndarray:
+    """Arrange equally sized RGB tiles in a grid with a short title above each."""
+    if not tiles:
+        return np.full((32, 32, 3), background, dtype=np.uint8)
+    height, width = tiles[0].shape[:2]
+    columns = columns or int(np.ceil(np.sqrt(len(tiles))))
+    rows = int(np.ceil(len(tiles) / columns))
+    title_h = 18 if titles else 0
+    cell_h, cell_w = height + title_h + gap, width + gap
+    canvas = np.full((rows * cell_h + gap, columns * cell_w + gap, 3), background, dtype=np.uint8)
+    for n, tile in enumerate(tiles):
+        r, c = divmod(n, columns)
+        y, x = gap + r * cell_h, gap + c * cell_w
+        if titles:
+            cv2.putText(
+                canvas,
+                titles[n],
+                (x + 2, y + 13),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.45,
+                (20, 20, 20),
+                1,
+                lineType=cv2.LINE_AA,
+            )
+        canvas[y + title_h : y + title_h + height, x : x + width] = _rgb(tile)[:height, :width]
+    return canvas
+
+
+def legend_html(classes: list[str], ids, title: str = "") -> str:
+    """Colour swatches with class names for the given class ids (ignore shown as 'ignore')."""
+    items = []
+    for class_id in ids:
+        class_id = int(class_id)
+        name = (
+            "ignore"
+            if class_id == IGNORE_ID
+            else (classes[class_id] if class_id < len(classes) else str(class_id))
+        )
+        r, g, b = (int(v) for v in palette()[class_id])
+        items.append(
+            '<span style="display:inline-flex;align-items:center;margin:2px 10px 2px 0;white-space:nowrap">'
+            f'<span style="width:14px;height:14px;border:1px solid #888;background:rgb({r},{g},{b});'
+            f'display:inline-block;margin-right:5px"></span>{html.escape(name)}</span>'
+        )
+    head = f"<b>{html.escape(title)}</b> " if title else ""
+    return f'<div class="afa-legend">{head}{"".join(items)}</div>'
+
+
+def colourbar_html(vmin: float, vmax: float, cmap: str = "jet", label: str = "") -> str:
+    """A horizontal colour bar as inline CSS gradient, with its range."""
+    lut = colormap_lut(cmap)
+    stops = ", ".join(f"rgb({r},{g},{b})" for r, g, b in lut[::32].tolist() + [lut[-1].tolist()])
+    return (
+        '<div class="afa-colourbar" style="display:flex;align-items:center;gap:6px;font-size:0.85em">'
+        f"<span>{html.escape(label)} {vmin:.3g}</span>"
+        f'<span style="flex:1;height:10px;max-width:240px;background:linear-gradient(to right, {stops})">'
+        f"</span><span>{vmax:.3g}</span></div>"
+    )
+
+
+def placeholder(text: str, size: tuple[int, int] = (160, 240)) -> np.ndarray:
+    """A light grey picture with a short centred message, for views a model cannot provide."""
+    canvas = np.full((size[0], size[1], 3), 235, dtype=np.uint8)
+    lines = _wrap(text, max(8, size[1] // 9))
+    y = size[0] // 2 - 9 * (len(lines) - 1)
+    for line in lines:
+        (tw, _), _ = cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
+        cv2.putText(
+            canvas,
+            line,
+            ((size[1] - tw) // 2, y),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.45,
+            (90, 90, 90),
+            1,
+            lineType=cv2.LINE_AA,
+        )
+        y += 18
+    return canvas
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + ([line] if line else [])
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    return np.ascontiguousarray(image[..., :3])

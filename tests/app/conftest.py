@@ -1,0 +1,129 @@
+"""Fixtures for the app tests (helpers live in tests/app/helpers.py)."""
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.app.helpers import (
+    ROOT,
+    FakeBackend,
+    copy_finished_runs,
+    core_ready,
+    free_port,
+    random_checkpoints,
+    shipped_checkpoints,
+)
+
+
+@pytest.fixture
+def fake_backend(tmp_path, monkeypatch):
+    """Swap core for the fake in every app module; empty the shared caches around the test."""
+    from app import backend, cache, handlers
+
+    fake = FakeBackend(tmp_path)
+    for name in (
+        "read_image",
+        "read_meta",
+        "load_model",
+        "analyze",
+        "discover",
+        "core_available",
+        "crf_available",
+    ):
+        monkeypatch.setattr(backend.BACKEND, name, getattr(fake, name))
+    cache.ANALYSES.clear()
+    handlers.CHECKPOINTS.refresh()
+    yield fake
+    cache.ANALYSES.clear()
+
+
+@pytest.fixture
+def ids(fake_backend):
+    from app import handlers
+
+    return handlers.CHECKPOINTS.default("afa"), handlers.CHECKPOINTS.default("cnn_cam")
+
+
+@pytest.fixture
+def analysed(fake_backend, ids):
+    """A session right after analysing a random 96x128 image."""
+    from app import handlers
+    from app.state import Session
+
+    image = np.random.default_rng(3).integers(0, 256, size=(96, 128, 3), dtype=np.uint8)
+    views = handlers.on_image(image, ids[0], ids[1], False, 0.5, False, Session())
+    return views["session"], views
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory):
+    """``python app.py`` on a free port, with the shipped checkpoints (or random ones if none are
+    shipped yet) and an empty runs folder. Yields ``(url, checkpoint_dir, runs_dir)``."""
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    reason = core_ready()
+    if reason:
+        pytest.skip(reason)
+    base = tmp_path_factory.mktemp("app_server")
+    ckpt_dir = ROOT / "checkpoints"
+    if not shipped_checkpoints():
+        ckpt_dir = base / "checkpoints"
+        random_checkpoints(ckpt_dir)
+    runs = base / "runs"
+    # so that the Train tab screenshot shows real runs, if there are any
+    copy_finished_runs(Path(os.environ.get("AFA_TEST_RUNS_SOURCE", ROOT / "runs")), runs)
+    port = free_port()
+    env = dict(
+        os.environ,
+        GRADIO_ANALYTICS_ENABLED="False",
+        AFA_APP_CHECKPOINT_DIRS=str(ckpt_dir),
+        AFA_APP_RUNS_DIR=str(runs),
+        AFA_TRAIN_DEVICE="cpu",
+        GRADIO_TEMP_DIR=str(base / "gradio"),
+        PYTHONUNBUFFERED="1",
+    )
+    log = open(base / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "app.py"), "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the app exited: {(base / 'server.log').read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("the app did not start within 120 s")
+    started = time.time()
+    yield url, ckpt_dir, runs, base / "server.log"
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+    print(f"\napp server ran {time.time() - started:.0f} s")
+
+
+@pytest.fixture(autouse=True)
+def quiet_gradio_toasts():
+    """gr.Warning / gr.Info outside a request become UserWarnings; the tests check the status text."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="gradio.helpers")
+        yield
