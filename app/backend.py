@@ -117,6 +117,11 @@ class CoreBackend:
 
         return core.analyze(model, image, labels=labels, scales=scales, crf=crf)
 
+    def add_crf(self, analysis):
+        import core
+
+        return core.add_crf(analysis)
+
     def crf_available(self) -> bool:
         try:
             from core.method.crf import crf_available

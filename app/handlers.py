@@ -162,6 +162,11 @@ def _analyse(session: Session, which: str, labels: tuple[str, ...] | None) -> An
     key = analysis_key(session.image_hash, info.path, labels, SCALES, crf)
 
     def compute():
+        plain = (
+            ANALYSES.get(analysis_key(session.image_hash, info.path, labels, SCALES, False)) if crf else None
+        )
+        if plain is not None:  # the CRF works from the cached probabilities: no model call
+            return BACKEND.add_crf(plain)
         model = BACKEND.load_model(info.path)
         return BACKEND.analyze(
             model, session.image, list(labels) if labels is not None else None, SCALES, crf

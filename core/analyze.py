@@ -148,7 +148,7 @@ def analyze(
     device = next(model.parameters()).device
     mean = torch.tensor(model.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(model.std, device=device).view(1, 3, 1, 1)
-    raw = torch.from_numpy(rgb).to(device).permute(2, 0, 1)[None].float()
+    raw = torch.from_numpy(np.array(rgb, copy=True)).to(device).permute(2, 0, 1)[None].float()
     x = (raw - mean) / std
     largest = max(scales)
     cams, seg_logits = [], []
@@ -256,22 +256,6 @@ def analyze(
             probs = torch.stack(seg_logits).mean(0).softmax(1)[0]
             seg_label = probs.argmax(0)
             seg_probs = probs.half().cpu().numpy()
-            if crf:
-                from core.method.crf import dense_crf
-
-                t3 = time.perf_counter()
-                c = cfg["infer"]["crf"]
-                seg_crf = dense_crf(
-                    rgb,
-                    probs.float().cpu().numpy(),
-                    iters=c["iters"],
-                    gauss_sxy=c["gauss_sxy"],
-                    gauss_compat=c["gauss_compat"],
-                    bilateral_sxy=c["bilateral_sxy"],
-                    bilateral_srgb=c["bilateral_srgb"],
-                    bilateral_compat=c["bilateral_compat"],
-                )
-                timings["crf"] = time.perf_counter() - t3
     if was_training:
         model.train()
 
@@ -279,7 +263,7 @@ def analyze(
         return None if t is None else t.reshape(h, w).to(torch.uint8).cpu().numpy()
 
     timings["total"] = time.perf_counter() - t0
-    return Analysis(
+    result = Analysis(
         image=rgb,
         classes=list(model.classes),
         present=present,
@@ -308,4 +292,38 @@ def analyze(
             "crf": crf,
             "checkpoint": (getattr(model, "meta", None) or {}).get("path"),
         },
+    )
+    return add_crf(result, cfg["infer"]["crf"]) if crf else result
+
+
+def add_crf(analysis: Analysis, params: dict | None = None) -> Analysis:
+    """The analysis with ``seg_crf_label`` filled in: dense CRF (pydensecrf) on the image and the
+    segmentation probabilities it already holds; the model is not run again. ``params``: the
+    ``infer.crf`` config section (the paper's values by default)."""
+    import dataclasses
+    import time
+
+    from core.config import DEFAULTS
+    from core.method.crf import dense_crf
+
+    if analysis.seg_probs is None:
+        return analysis
+    c = {**DEFAULTS["infer"]["crf"], **(params or {})}
+    t0 = time.perf_counter()
+    label = dense_crf(
+        analysis.image,
+        analysis.seg_probs.astype(np.float32),
+        iters=c["iters"],
+        gauss_sxy=c["gauss_sxy"],
+        gauss_compat=c["gauss_compat"],
+        bilateral_sxy=c["bilateral_sxy"],
+        bilateral_srgb=c["bilateral_srgb"],
+        bilateral_compat=c["bilateral_compat"],
+    )
+    timings = {**analysis.timings, "crf": time.perf_counter() - t0}
+    return dataclasses.replace(
+        analysis,
+        seg_crf_label=np.asarray(label, dtype=np.uint8),
+        timings=timings,
+        meta={**analysis.meta, "crf": True},
     )

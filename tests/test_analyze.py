@@ -103,3 +103,12 @@ def test_same_image_same_answer(afa):
     a = core.analyze(afa, image(), labels=["shirt"])
     b = core.analyze(afa, image(), labels=["shirt"])
     assert np.array_equal(a.par_label, b.par_label) and np.array_equal(a.rw_afa_label, b.rw_afa_label)
+
+
+def test_crf_afterwards_equals_crf_in_the_analysis(afa):
+    plain = core.analyze(afa, image(), labels=["shirt"], scales=(1.0,))
+    assert plain.seg_crf_label is None
+    later = core.add_crf(plain)
+    direct = core.analyze(afa, image(), labels=["shirt"], scales=(1.0,), crf=True)
+    assert np.array_equal(later.seg_crf_label, direct.seg_crf_label)
+    assert later.seg_crf_label.shape == (70, 50) and plain.seg_crf_label is None  # the input is untouched

@@ -88,11 +88,15 @@ class AFANet(nn.Module):
         decoder_dropout: float = 0.1,
         aff_blocks: int = 2,
         kind: str = "afa",
+        pooling: str = "gmp",
     ):
         super().__init__()
         if num_classes < 2:
             raise ValueError("num_classes counts background plus at least one class")
         self.kind = kind
+        if pooling not in ("gmp", "gap"):
+            raise ValueError(f"pooling must be gmp (the paper) or gap, got {pooling!r}")
+        self.pooling = pooling
         self.num_classes = num_classes
         self.aff_blocks = aff_blocks
         self.encoder = encoder
@@ -115,7 +119,8 @@ class AFANet(nn.Module):
     # -- pieces -----------------------------------------------------------------------------
     def classify(self, f4: Tensor) -> tuple[Tensor, Tensor]:
         """GMP classifier and CAM from the stage-4 map ``(B, D, h, w)``."""
-        logits = self.classifier(F.adaptive_max_pool2d(f4, 1)).flatten(1)
+        pooled = F.adaptive_max_pool2d(f4, 1) if self.pooling == "gmp" else F.adaptive_avg_pool2d(f4, 1)
+        logits = self.classifier(pooled).flatten(1)
         cam = F.conv2d(f4, self.classifier.weight)
         return logits, cam
 

@@ -29,6 +29,7 @@ def create_model(cfg: dict, classes: list[str] | None = None) -> AFANet:
         decoder_dropout=model_cfg.get("decoder_dropout", 0.1),
         aff_blocks=model_cfg.get("aff_blocks", 2),
         kind=kind,
+        pooling=model_cfg.get("pooling", "gmp"),
     )
     data_cfg = cfg.get("data", DEFAULTS["data"])
     model.mean = list(data_cfg.get("mean", DEFAULTS["data"]["mean"]))

@@ -148,6 +148,14 @@ class FakeBackend:
             image, grid=grid, labels=labels, crf=crf, attention=self.attention and not cnn, seed=1 + cnn
         )
 
+    def add_crf(self, analysis):
+        import dataclasses
+
+        self.analyze_calls.append({"kind": "add_crf", "labels": None, "crf": True})
+        if self.crf_error is not None:
+            raise self.crf_error
+        return dataclasses.replace(analysis, seg_crf_label=analysis.seg_label.copy())
+
     def discover(self, include_runs=True):
         from app.backend import describe_checkpoint
 

@@ -11,6 +11,7 @@ from app import train_view as T
 from app.handlers import UserError
 from app.runs import RunManager
 
+SCENES_ROOT = "data/scenes"  # set by the app_root fixture from core/configs/scenes.yaml
 FAKE = [sys.executable, str(Path(__file__).with_name("fake_trainer.py"))]
 
 
@@ -20,15 +21,19 @@ def app_root(tmp_path, monkeypatch):
     import shutil
 
     root = tmp_path / "root"
+    from core.config import load_config
+
     shutil.copytree(T.ROOT / "core" / "configs", root / "core" / "configs")
-    (root / "data" / "scenes").mkdir(parents=True)
+    scenes_root = load_config(root / "core" / "configs" / "scenes.yaml")["data"]["root"]
+    (root / scenes_root).mkdir(parents=True)
+    monkeypatch.setattr(sys.modules[__name__], "SCENES_ROOT", scenes_root, raising=False)
     original = T.build_overrides
     monkeypatch.setattr(T, "build_overrides", lambda form, public, root=root: original(form, public, root))
     return root
 
 
 def test_missing_scenes_data_is_a_message(app_root):
-    (app_root / "data" / "scenes").rmdir()
+    (app_root / SCENES_ROOT).rmdir()
     with pytest.raises(UserError, match="generate it once"):
         T.build_overrides(T.TrainForm(), public=True)
 
