@@ -140,6 +140,25 @@ def convert_official_afa(
     return out
 
 
+def export_checkpoint(
+    src: str | Path, dst: str | Path, fp16: bool = False, encoder_only: bool = False
+) -> Path:
+    """Re-save a checkpoint of this project: in fp16 (to ship it small), or only its encoder's
+    weights (keys without the ``encoder.`` prefix), a file that ``model.pretrained`` accepts."""
+    from core.checkpoint import load_checkpoint
+
+    state, meta = load_checkpoint(src)
+    if encoder_only:
+        state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+        if not state:
+            raise ValueError(f"{Path(src).name} has no encoder weights")
+        meta = {
+            **meta,
+            "data": {**(meta.get("data") or {}), "encoder_only": True, "exported_from": Path(src).name},
+        }
+    return save_checkpoint(dst, state, meta, dtype=torch.float16 if fp16 else None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.convert", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="kind", required=True)
@@ -152,7 +171,20 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="voc, coco, or a text file with one class name a line (background first)",
     )
+    e = sub.add_parser("export", help="re-save a checkpoint of this project (fp16 and/or encoder only)")
+    e.add_argument("src")
+    e.add_argument("dst")
+    e.add_argument("--fp16", action="store_true", help="store floating-point weights as float16")
+    e.add_argument("--encoder-only", action="store_true", help="keep only the encoder (for model.pretrained)")
     args = parser.parse_args(argv)
+    if args.kind == "export":
+        try:
+            out = export_checkpoint(args.src, args.dst, fp16=args.fp16, encoder_only=args.encoder_only)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {out}")
+        return 0
     classes = None
     if args.classes == "voc":
         classes = VOC_CLASSES

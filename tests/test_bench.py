@@ -28,7 +28,9 @@ def test_reference_step_gives_the_same_pseudo_labels():
     model = create_model(cfg).eval()  # no drop path: both arrangements see the same CAMs
     batch = _synthetic_batch(2, 64, 5, torch.device("cpu"), cfg)
     ours = pseudo_labels(model, batch, cfg, use_afa=True)
-    ref = reference_pseudo_labels(model, batch, cfg, ReferencePAR(cfg["par"]["dilations"], cfg["par"]["iters"]))
+    ref = reference_pseudo_labels(
+        model, batch, cfg, ReferencePAR(cfg["par"]["dilations"], cfg["par"]["iters"])
+    )
     for name in ("cam_label", "par_label", "aff_label"):
         agree = (ours[name] == ref[name]).float().mean().item()
         assert agree > 0.995, (name, agree)

@@ -120,3 +120,30 @@ def test_refuses_pickled_objects(tmp_path):
     torch.save({"classifier.weight": torch.zeros(20, 256, 1, 1), "x": Evil()}, src)
     with pytest.raises(ValueError, match="weights_only"):
         convert_official_afa(src, tmp_path / "e.safetensors", backbone="mit_b0")
+
+
+def test_export_fp16_and_encoder_only(tmp_path):
+    from core.checkpoint import save_checkpoint
+    from core.config import load_config
+    from core.convert import export_checkpoint
+    from core.models.registry import create_model
+
+    cfg = load_config(None, ["model.backbone=mit_b0", "model.num_classes=3"])
+    torch.manual_seed(0)
+    model = create_model(cfg, classes=["background", "a", "b"]).eval()
+    meta = {"model": cfg["model"], "classes": model.classes, "mean": model.mean, "std": model.std, "step": 7}
+    full = save_checkpoint(tmp_path / "full.safetensors", model.state_dict(), meta)
+    small = export_checkpoint(full, tmp_path / "small.safetensors", fp16=True)
+    assert small.stat().st_size < 0.6 * full.stat().st_size
+    x = torch.randn(1, 3, 64, 64)
+    a, b = model(x), load_model(small, device="cpu")(x)
+    assert (
+        torch.allclose(a.logits, b.logits, atol=5e-2)
+        and (a.seg.argmax(1) == b.seg.argmax(1)).float().mean() > 0.95
+    )
+    enc = export_checkpoint(full, tmp_path / "enc.safetensors", encoder_only=True)
+    cfg2 = load_config(None, ["model.backbone=mit_b0", "model.num_classes=5", f"model.pretrained={enc}"])
+    fresh = create_model(cfg2)
+    for key, value in model.encoder.state_dict().items():
+        assert torch.equal(fresh.encoder.state_dict()[key], value), key
+    assert main(["export", str(tmp_path / "nope.safetensors"), str(tmp_path / "x.safetensors")]) == 2
