@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Rebuild the shipped default checkpoints from nothing, offline, on CPU (or a GPU if present):
+# data -> single-item pretraining -> AFA / CNN CAM / fully supervised runs -> evaluation -> export.
+# Each step is resumable: re-running the script skips what is already done; a killed training
+# run continues where it stopped (python -m core.train --resume).
+# Usage: bash scripts/make_default_checkpoints.sh [RUNS_DIR]   (default: runs/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+RUNS=${1:-runs}
+mkdir -p "$RUNS" checkpoints
+
+data() {  # data: the benchmark (160 px) and the single-item pretraining set
+  [[ -f data/scenes160/meta.json ]] || $PY -m core.data.scenes --out data/scenes160 --seed 0 --train 3000 \
+      --val 300 --size 160 --scale-min 1.6 --scale-max 3.2
+  [[ -f data/scenes_single/meta.json ]] || $PY -m core.data.scenes --out data/scenes_single --seed 1 \
+      --train 24000 --val 600 --size 112 --min-objects 1 --max-objects 1 --scale-min 1.8 --scale-max 3.0 --clutter 0.5
+}
+
+train() {  # train NAME CONFIG [overrides...]: start, or resume an unfinished run
+  local name=$1 config=$2; shift 2
+  local dir="$RUNS/$name"
+  if [[ -f "$dir/status.json" ]] && grep -q '"finished"' "$dir/status.json"; then return; fi
+  if [[ -f "$dir/train_state.safetensors" ]]; then
+    $PY -m core.train --resume "$dir"
+  else
+    rm -rf "$dir"
+    $PY -m core.train --config "$config" --run-dir "$dir" "$@"
+  fi
+}
+
+data
+train pretrain_mit_b0 core/configs/scenes_pretrain.yaml
+train pretrain_resnet18 core/configs/scenes_pretrain_cnn.yaml
+$PY -m core.convert export "$RUNS/pretrain_mit_b0/checkpoint.safetensors" \
+    checkpoints/encoder_mit_b0_fmnist.safetensors --fp16 --encoder-only
+$PY -m core.convert export "$RUNS/pretrain_resnet18/checkpoint.safetensors" \
+    checkpoints/encoder_resnet18_fmnist.safetensors --fp16 --encoder-only
+
+train afa_mit_b0 core/configs/scenes.yaml
+train cnn_cam_resnet18 core/configs/scenes_cnn.yaml
+train supervised_mit_b0 core/configs/scenes.yaml train.mode=supervised
+
+for name in afa_mit_b0 cnn_cam_resnet18 supervised_mit_b0; do
+  $PY -m core.convert export "$RUNS/$name/checkpoint.safetensors" "checkpoints/${name}_scenes.safetensors" --fp16
+  $PY -m core.evaluate --checkpoint "checkpoints/${name}_scenes.safetensors" --data data/scenes160 --split val \
+      --crf --out "checkpoints/${name}_scenes.eval.json"
+done
