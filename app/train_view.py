@@ -22,8 +22,8 @@ from app.runs import ROOT, RunError, RunInfo, RunManager
 log = logging.getLogger("afa_app")
 
 TRANSFORMER_ENCODERS = ("mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5")
-CNN_ENCODERS = ("resnet18", "resnet50")
-PUBLIC_ENCODERS = ("mit_b0", "resnet18")
+CNN_ENCODERS = ("resnet10t", "resnet18", "resnet50")
+PUBLIC_ENCODERS = ("mit_b0", "resnet10t", "resnet18")
 DATASETS = ("scenes", "voc", "coco", "folder")
 MODES = ("afa", "cam", "supervised")
 PUBLIC_LIMITS = {"iters": 300, "batch": 4, "crop": 128}
@@ -123,6 +123,9 @@ def build_overrides(form: TrainForm, public: bool, root: Path = ROOT) -> tuple[s
         f"train.save_every={max(1, min(250, iters // 4 or 1))}",
         f"train.log_every={max(1, min(20, iters // 50 or 1))}",
     ]
+    if dataset == "scenes":  # the encoder pretrained offline for this backbone, when one is shipped
+        shipped = Path("checkpoints") / f"encoder_{form.encoder}_fmnist.safetensors"
+        overrides.append(f"model.pretrained={shipped if (root / shipped).is_file() else 'null'}")
     if form.data_root and not public and dataset != "scenes":
         if any(c in form.data_root for c in "\n\r\0"):
             raise UserError("The data folder path contains control characters.")

@@ -31,17 +31,17 @@ train() {  # train NAME CONFIG [overrides...]: start, or resume an unfinished ru
 
 data
 train pretrain_mit_b0 core/configs/scenes_pretrain.yaml
-train pretrain_resnet18 core/configs/scenes_pretrain_cnn.yaml
+train pretrain_resnet10t core/configs/scenes_pretrain_cnn.yaml
 $PY -m core.convert export "$RUNS/pretrain_mit_b0/checkpoint.safetensors" \
     checkpoints/encoder_mit_b0_fmnist.safetensors --fp16 --encoder-only
-$PY -m core.convert export "$RUNS/pretrain_resnet18/checkpoint.safetensors" \
-    checkpoints/encoder_resnet18_fmnist.safetensors --fp16 --encoder-only
+$PY -m core.convert export "$RUNS/pretrain_resnet10t/checkpoint.safetensors" \
+    checkpoints/encoder_resnet10t_fmnist.safetensors --fp16 --encoder-only
 
 train afa_mit_b0 core/configs/scenes.yaml
-train cnn_cam_resnet18 core/configs/scenes_cnn.yaml
+train cnn_cam_resnet10t core/configs/scenes_cnn.yaml
 train supervised_mit_b0 core/configs/scenes.yaml train.mode=supervised
 
-for name in afa_mit_b0 cnn_cam_resnet18 supervised_mit_b0; do
+for name in afa_mit_b0 cnn_cam_resnet10t supervised_mit_b0; do
   $PY -m core.convert export "$RUNS/$name/checkpoint.safetensors" "checkpoints/${name}_scenes.safetensors" --fp16
   $PY -m core.evaluate --checkpoint "checkpoints/${name}_scenes.safetensors" --data data/scenes160 --split val \
       --crf --out "checkpoints/${name}_scenes.eval.json"

@@ -23,6 +23,7 @@ from core.models.encoders import (
 
 # Our name -> (timm model name, hub repository with its ImageNet-1k weights).
 CNN_MODELS: dict[str, tuple[str, str]] = {
+    "resnet10t": ("resnet10t", "timm/resnet10t.c3_in1k"),  # 4.9 M parameters: small enough to ship
     "resnet18": ("resnet18", "timm/resnet18.a1_in1k"),
     "resnet50": ("resnet50", "timm/resnet50.a1_in1k"),
 }
@@ -74,6 +75,16 @@ def _build(arch: str, drop_path_rate: float, pretrained: object) -> ResNetEncode
     if pretrained is not None:
         load_resnet_weights(model, pretrained)  # type: ignore[arg-type]
     return model
+
+
+@register_encoder("resnet10t")
+def resnet10t(
+    strides: Sequence[int] | None = None,
+    drop_path_rate: float = 0.1,
+    pretrained: str | os.PathLike | Mapping[str, Tensor] | None = None,
+) -> ResNetEncoder:
+    """ResNet-10-T (timm) at output stride 16: the shipped CNN CAM baseline. ``strides`` is ignored."""
+    return _build("resnet10t", drop_path_rate, pretrained)
 
 
 @register_encoder("resnet18")
