@@ -30,6 +30,7 @@ def fake_backend(tmp_path, monkeypatch):
         "read_meta",
         "load_model",
         "analyze",
+        "add_crf",
         "discover",
         "core_available",
         "crf_available",

@@ -124,7 +124,8 @@ def test_crf_toggle(analysed, fake_backend):
     session, views = analysed
     on = H.on_crf_toggle(True, None, 0.5, False, session)
     assert on["session"].crf and "dense CRF" in on["seg_note"]
-    assert fake_backend.analyze_calls[-1] == {"kind": "afa", "labels": None, "crf": True}
+    # the CRF works from the cached analysis: no second model run
+    assert fake_backend.analyze_calls[-1] == {"kind": "add_crf", "labels": None, "crf": True}
     assert not np.array_equal(on["seg"], views["seg"])
     off = H.on_crf_toggle(False, None, 0.5, False, on["session"])
     assert np.array_equal(off["seg"], views["seg"])
