@@ -154,7 +154,8 @@ class FakeBackend:
         self.analyze_calls.append({"kind": "add_crf", "labels": None, "crf": True})
         if self.crf_error is not None:
             raise self.crf_error
-        return dataclasses.replace(analysis, seg_crf_label=analysis.seg_label.copy())
+        crf_label = ((analysis.seg_label.astype(int) + 1) % len(analysis.classes)).astype(np.uint8)
+        return dataclasses.replace(analysis, seg_crf_label=crf_label)
 
     def discover(self, include_runs=True):
         from app.backend import describe_checkpoint
