@@ -124,22 +124,17 @@ def analyze(
     import torch
     import torch.nn.functional as F
 
-    from core.method.affinity import mhsa_affinity, propagate_with_affinity
+    from core.method.affinity import mhsa_affinity
     from core.method.cam import cam_to_label, combine_multiscale_cams, gate_cam, normalize_cam
+    from core.method.labels import propagated_label, refined_label, shared_par_kernel
     from core.method.multiscale import resize_images
-    from core.method.par import par_kernel
-    from core.method.pseudo import (
-        downscale_for_par,
-        labels_from_background_runs,
-        refine_label_two_backgrounds,
-    )
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     rgb, notes = _as_rgb_uint8(image)
     h, w = rgb.shape[:2]
     cfg = _method_config(model)
-    c_cam, c_par, c_aff = cfg["cam"], cfg["par"], cfg["affinity"]
+    c_cam = cfg["cam"]
     scales = tuple(float(s) for s in scales)
     if not scales or any(s <= 0 for s in scales):
         raise ValueError("scales must be a non-empty list of positive numbers")
@@ -199,55 +194,19 @@ def analyze(
         cam_label = cam_to_label(cam, cls_label, c_cam["bg_thresh"])
 
         t1 = time.perf_counter()
-        kernel = par_kernel(
-            downscale_for_par(raw, c_par["downscale"]), c_par["dilations"], c_par["w1"], c_par["w2"]
-        )
-        par_label, steps = refine_label_two_backgrounds(
-            raw,
-            cam,
-            cls_label,
-            dilations=c_par["dilations"],
-            iters=c_par["iters"],
-            w1=c_par["w1"],
-            w2=c_par["w2"],
-            high=c_cam["high_thresh"],
-            low=c_cam["low_thresh"],
-            downscale=c_par["downscale"],
-            kernel=kernel,
-            return_steps=True,
-        )
+        kernel = shared_par_kernel(raw, cfg)
+        par_label, steps = refined_label(raw, cam, cls_label, cfg, kernel, return_steps=True)
         par_steps = F.interpolate(steps[:, 0].float(), size=(h, w), mode="bilinear", align_corners=False)
         timings["par"] = time.perf_counter() - t1
 
         rw_afa = rw_mhsa = mhsa = None
         if aff is not None:
             t2 = time.perf_counter()
-            cam_grid = F.interpolate(cam, size=grid, mode="bilinear", align_corners=False)
             mhsa = mhsa_affinity(aff_attn)
-            rw = {}
-            for name, matrix in (("afa", aff), ("mhsa", mhsa)):
-                probs_high, probs_low = propagate_with_affinity(
-                    cam_grid,
-                    cls_label,
-                    matrix,
-                    radius=c_aff["radius"],
-                    bg_score=(c_cam["high_thresh"], c_cam["low_thresh"]),
-                    power=c_aff["power"],
-                    col_eps=c_aff["col_eps"],
-                    steps=c_aff["steps"],
-                )
-                rw[name] = labels_from_background_runs(
-                    raw,
-                    probs_high,
-                    probs_low,
-                    cls_label,
-                    dilations=c_par["dilations"],
-                    iters=c_par["iters"],
-                    w1=c_par["w1"],
-                    w2=c_par["w2"],
-                    downscale=c_par["downscale"],
-                    kernel=kernel,
-                )
+            rw = {
+                name: propagated_label(raw, cam, cls_label, matrix, grid, cfg, kernel)
+                for name, matrix in (("afa", aff), ("mhsa", mhsa))
+            }
             rw_afa, rw_mhsa = rw["afa"], rw["mhsa"]
             timings["random_walk"] = time.perf_counter() - t2
 

@@ -19,30 +19,7 @@ import torch
 
 from core.checkpoint import save_checkpoint
 from core.config import DEFAULTS
-
-VOC_CLASSES = [
-    "background",
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-]
+from core.data.voc import VOC_CLASSES
 
 
 def _coco_classes() -> list[str]:

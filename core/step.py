@@ -13,12 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from core.method.affinity import affinity_labels, affinity_loss, propagate_with_affinity
-from core.method.cam import cam_to_label, gate_cam
+from core.method.affinity import affinity_labels, affinity_loss
+from core.method.cam import cam_to_label, cam_to_three_way_label, gate_cam
+from core.method.labels import propagated_label, refined_label, shared_par_kernel
 from core.method.losses import balanced_seg_loss, classification_loss, dense_crf_energy_loss
 from core.method.multiscale import multiscale_cam
-from core.method.par import par_kernel
-from core.method.pseudo import downscale_for_par, labels_from_background_runs, refine_label_two_backgrounds
 
 
 @dataclass
@@ -42,7 +41,7 @@ def pixel_accuracy(pred: Tensor, gt: Tensor, ignore_index: int = 255) -> float:
 
 def pseudo_labels(model, batch: dict, cfg: dict, use_afa: bool) -> dict[str, Tensor]:
     """CAM label, refined (PAR) label and, with ``use_afa``, the AFA-propagated label. No gradient."""
-    c_cam, c_par, c_aff = cfg["cam"], cfg["par"], cfg["affinity"]
+    c_cam = cfg["cam"]
     ignore = cfg["data"]["ignore_index"]
     images, raw, cls_label, valid = batch["image"], batch["image_raw"], batch["cls_label"], batch["valid"]
     with torch.no_grad():
@@ -55,56 +54,17 @@ def pseudo_labels(model, batch: dict, cfg: dict, use_afa: bool) -> dict[str, Ten
             out["par_label"] = _three_way(cam, cls_label, cfg, valid)
             out["seg_target"] = out["par_label"]
             return out
-        small = downscale_for_par(raw, c_par["downscale"])
-        kernel = par_kernel(small, c_par["dilations"], c_par["w1"], c_par["w2"])
-        out["par_label"] = refine_label_two_backgrounds(
-            raw,
-            cam,
-            cls_label,
-            dilations=c_par["dilations"],
-            iters=c_par["iters"],
-            w1=c_par["w1"],
-            w2=c_par["w2"],
-            high=c_cam["high_thresh"],
-            low=c_cam["low_thresh"],
-            downscale=c_par["downscale"],
-            valid=valid,
-            ignore_index=ignore,
-            kernel=kernel,
-        )
+        kernel = shared_par_kernel(raw, cfg)
+        out["par_label"] = refined_label(raw, cam, cls_label, cfg, kernel, valid=valid)
         out["seg_target"] = out["par_label"]
         if use_afa and ms.affinity is not None:
-            cam_grid = F.interpolate(cam, size=ms.grid, mode="bilinear", align_corners=False)
-            probs_high, probs_low = propagate_with_affinity(
-                cam_grid,
-                cls_label,
-                ms.affinity,
-                radius=c_aff["radius"],
-                bg_score=(c_cam["high_thresh"], c_cam["low_thresh"]),
-                power=c_aff["power"],
-                col_eps=c_aff["col_eps"],
-                steps=c_aff["steps"],
-            )
-            out["aff_label"] = labels_from_background_runs(
-                raw,
-                probs_high,
-                probs_low,
-                cls_label,
-                dilations=c_par["dilations"],
-                iters=c_par["iters"],
-                w1=c_par["w1"],
-                w2=c_par["w2"],
-                downscale=c_par["downscale"],
-                valid=valid,
-                ignore_index=ignore,
-                kernel=kernel,
+            out["aff_label"] = propagated_label(
+                raw, cam, cls_label, ms.affinity, ms.grid, cfg, kernel, valid=valid
             )
     return out
 
 
 def _three_way(cam: Tensor, cls_label: Tensor, cfg: dict, valid: Tensor) -> Tensor:
-    from core.method.cam import cam_to_three_way_label
-
     return cam_to_three_way_label(
         cam,
         cls_label,

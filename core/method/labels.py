@@ -1,0 +1,89 @@
+"""The pseudo-label pipeline driven by a config, shared by training (``core.step``) and analysis
+(``core.analyze``): one PAR kernel per image, the refined label (step 4 of the spec) and the
+labels propagated with an affinity (step 7, learned or MHSA). ``cfg`` is a full config dict."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from core.method.affinity import propagate_with_affinity
+from core.method.par import par_kernel
+from core.method.pseudo import downscale_for_par, labels_from_background_runs, refine_label_two_backgrounds
+
+
+def _par_args(cfg: dict) -> dict:
+    p = cfg["par"]
+    return {
+        "dilations": p["dilations"],
+        "iters": p["iters"],
+        "w1": p["w1"],
+        "w2": p["w2"],
+        "downscale": p["downscale"],
+    }
+
+
+def shared_par_kernel(raw: Tensor, cfg: dict) -> Tensor:
+    """The PAR kernel of images ``(B, 3, H, W)`` (0-255) at PAR resolution, for every PAR call on them."""
+    p = cfg["par"]
+    return par_kernel(downscale_for_par(raw, p["downscale"]), p["dilations"], p["w1"], p["w2"])
+
+
+def refined_label(
+    raw: Tensor,
+    cam: Tensor,
+    cls_label: Tensor,
+    cfg: dict,
+    kernel: Tensor,
+    valid: Tensor | None = None,
+    return_steps: bool = False,
+):
+    """Two-background PAR-refined label ``(B, H, W)`` (and the PAR steps of the 0.55 run)."""
+    return refine_label_two_backgrounds(
+        raw,
+        cam,
+        cls_label,
+        high=cfg["cam"]["high_thresh"],
+        low=cfg["cam"]["low_thresh"],
+        valid=valid,
+        ignore_index=cfg["data"]["ignore_index"],
+        kernel=kernel,
+        return_steps=return_steps,
+        **_par_args(cfg),
+    )
+
+
+def propagated_label(
+    raw: Tensor,
+    cam: Tensor,
+    cls_label: Tensor,
+    aff: Tensor,
+    grid: tuple[int, int],
+    cfg: dict,
+    kernel: Tensor,
+    valid: Tensor | None = None,
+) -> Tensor:
+    """Random walk of the label-gated CAM ``(B, C-1, H, W)`` with ``aff`` ``(B, N, N)`` on the token
+    ``grid``, both background scores, PAR, combined as the refined label: ``(B, H, W)``."""
+    c_cam, c_aff = cfg["cam"], cfg["affinity"]
+    cam_grid = F.interpolate(cam, size=tuple(grid), mode="bilinear", align_corners=False)
+    probs_high, probs_low = propagate_with_affinity(
+        cam_grid,
+        cls_label,
+        aff,
+        radius=c_aff["radius"],
+        bg_score=(c_cam["high_thresh"], c_cam["low_thresh"]),
+        power=c_aff["power"],
+        col_eps=c_aff["col_eps"],
+        steps=c_aff["steps"],
+    )
+    return labels_from_background_runs(
+        raw,
+        probs_high,
+        probs_low,
+        cls_label,
+        valid=valid,
+        ignore_index=cfg["data"]["ignore_index"],
+        kernel=kernel,
+        **_par_args(cfg),
+    )
