@@ -154,6 +154,8 @@ class CoreBackend:
             except Exception as exc:  # noqa: BLE001 - one bad file must not hide the others
                 log.warning("skipping checkpoint %s: %s", path, exc)
                 continue
+            if (meta.get("data") or {}).get("encoder_only"):
+                continue  # pretrained encoder weights (for model.pretrained), not a model to analyse with
             found.append(describe_checkpoint(path, meta))
         return found
 

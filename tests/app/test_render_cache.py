@@ -151,3 +151,23 @@ def test_concurrent_misses_compute_once():
     for t in threads:
         t.join()
     assert len(calls) == 1 and sorted(hit for _, hit in results) == [False, True, True, True]
+
+
+def test_discovery_lists_models_not_encoder_weights(tmp_path, monkeypatch):
+    import torch
+
+    from app.backend import CoreBackend
+    from core.checkpoint import save_checkpoint
+
+    meta = {
+        "model": {"name": "afa", "backbone": "mit_b0", "num_classes": 3},
+        "classes": ["background", "a", "b"],
+    }
+    save_checkpoint(tmp_path / "model.safetensors", {"w": torch.zeros(1)}, meta)
+    save_checkpoint(
+        tmp_path / "encoder.safetensors", {"w": torch.zeros(1)}, {**meta, "data": {"encoder_only": True}}
+    )
+    (tmp_path / "broken.safetensors").write_bytes(b"junk")
+    monkeypatch.setenv("AFA_APP_CHECKPOINT_DIRS", str(tmp_path))
+    found = CoreBackend().discover(include_runs=False)
+    assert [info.path.name for info in found] == ["model.safetensors"]
