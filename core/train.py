@@ -50,6 +50,13 @@ SAMPLE_KEYS = ("cam_label", "par_label", "aff_label", "seg_pred")
 
 
 # ---------------------------------------------------------------- small helpers around the loop
+def _quiet_worker(_worker_id: int) -> None:
+    """Data workers leave SIGINT / SIGTERM to the main process: Ctrl-C reaches the whole process
+    group, and a worker dying of it would turn a clean stop-and-save into a crash."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class BatchStream:
     """Endless batches; ``epoch`` and ``position`` (batches consumed in the epoch) say where it is."""
 
@@ -59,7 +66,7 @@ class BatchStream:
         self.epoch, self.position = epoch, position
         # own generator: creating an iterator must not draw from the global RNG (exact resume)
         self.loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin,
-                                 generator=torch.Generator().manual_seed(seed))
+                                 generator=torch.Generator().manual_seed(seed), worker_init_fn=_quiet_worker)
         self.iterator = None
 
     def __next__(self) -> dict:

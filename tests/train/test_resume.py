@@ -151,7 +151,11 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path, tiny_scenes)
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_exits_cleanly(tmp_path, tiny_scenes):
+@pytest.mark.parametrize("workers, to_group", [(0, False), (1, True)])
+def test_sigterm_saves_and_exits_cleanly(tmp_path, tiny_scenes, workers, to_group):
+    """SIGTERM to the trainer, and to its whole process group (as a job manager or `kill -- -PGID`
+    sends it, reaching the data-loading workers too), both end in a saved, resumable "stopped" run."""
+    import os
     import signal
     import subprocess
     import time
@@ -160,16 +164,20 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, tiny_scenes):
 
     run = tmp_path / "run"
     cmd = [PYTHON, "-m", "core.train", "--config", str(TINY), "--run-dir", str(run),
-           f"data.root={tiny_scenes}", "train.max_iters=10000", "train.log_every=1"]
+           f"data.root={tiny_scenes}", "train.max_iters=10000", "train.log_every=1",
+           f"data.num_workers={workers}"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, start_new_session=to_group)
     try:
         deadline = time.time() + 60
         while not (run / "metrics.jsonl").exists():
             assert proc.poll() is None, proc.stdout.read().decode()
             assert time.time() < deadline, "training did not start"
             time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
+        if to_group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=60)[0].decode()
     finally:
         if proc.poll() is None:
