@@ -269,16 +269,7 @@ def add_crf(analysis: Analysis, params: dict | None = None) -> Analysis:
         return analysis
     c = {**DEFAULTS["infer"]["crf"], **(params or {})}
     t0 = time.perf_counter()
-    label = dense_crf(
-        analysis.image,
-        analysis.seg_probs.astype(np.float32),
-        iters=c["iters"],
-        gauss_sxy=c["gauss_sxy"],
-        gauss_compat=c["gauss_compat"],
-        bilateral_sxy=c["bilateral_sxy"],
-        bilateral_srgb=c["bilateral_srgb"],
-        bilateral_compat=c["bilateral_compat"],
-    )
+    label = dense_crf(analysis.image, analysis.seg_probs.astype(np.float32), **c)  # keys = its arguments
     timings = {**analysis.timings, "crf": time.perf_counter() - t0}
     return dataclasses.replace(
         analysis,
