@@ -83,7 +83,7 @@ def test_public_app_has_no_path_box_and_caps_training(fake_backend):
     C = demo.afa_components
     assert C["t_root"].visible is False  # and build_overrides ignores it in public mode
     assert [c[1] for c in C["t_dataset"].choices] == ["scenes"]
-    assert {c[1] for c in C["t_encoder"].choices} == {"mit_b0", "resnet18"}
+    assert {c[1] for c in C["t_encoder"].choices} == {"mit_b0", "resnet10t", "resnet18"}
     assert C["t_iters"].maximum == 300
     textboxes = [b for b in demo.blocks.values() if isinstance(b, gr.Textbox) and b.visible is not False]
     assert [b.label for b in textboxes] == ["Run name"]
