@@ -94,6 +94,9 @@ DEFAULTS: dict[str, Any] = {
         "steps": 1,
     },
     "loss": {
+        # multilabel: the paper's multi-label soft margin. softmax: cross-entropy over the classes,
+        # only for single-label data (the offline single-item pretraining, where it learns faster)
+        "cls_type": "multilabel",
         "cls": 1.0,
         "seg": 0.1,
         "aff": 0.1,
@@ -202,6 +205,12 @@ def validate(cfg: dict) -> dict:
         raise ConfigError("cam thresholds must satisfy 0 <= low_thresh <= high_thresh <= 1")
     if cfg["par"]["iters"] < 0 or not cfg["par"]["dilations"]:
         raise ConfigError("par.iters must be >= 0 and par.dilations non-empty")
+    if cfg["loss"]["cls_type"] not in ("multilabel", "softmax"):
+        raise ConfigError(f"loss.cls_type must be multilabel or softmax, got {cfg['loss']['cls_type']!r}")
+    if cfg["loss"]["cls_type"] == "softmax" and t["mode"] != "cam":
+        raise ConfigError(
+            "loss.cls_type=softmax is for single-label classification pretraining (train.mode=cam)"
+        )
     if cfg["affinity"]["radius"] < 1:
         raise ConfigError("affinity.radius must be at least 1")
     return cfg

@@ -86,7 +86,10 @@ def training_step(model, batch: dict, cfg: dict, step: int) -> StepResult:
     # wrapper itself (not net.forward_cam) so DistributedDataParallel still synchronises gradients
     cls_only = t["mode"] == "cam" or (t["mode"] == "afa" and step < t["cam_iters"])
     out = model(images, with_decoder=not cls_only, with_affinity=not cls_only)
-    loss_cls = classification_loss(out.logits, cls_label)
+    if w["cls_type"] == "softmax":  # single-label pretraining only (validated in core.config)
+        loss_cls = F.cross_entropy(out.logits, cls_label.argmax(1))
+    else:
+        loss_cls = classification_loss(out.logits, cls_label)
     logs = {"loss_cls": loss_cls.item()}
     labels: dict[str, Tensor] = {}
     if cls_only:

@@ -108,3 +108,23 @@ def test_supervised_and_cam_modes():
     cnn = create_model(cfg).train()
     res = training_step(cnn, batch(), cfg, step=100)
     assert set(res.logs) == {"loss", "loss_cls"}
+
+
+def test_softmax_classification_for_single_label_pretraining():
+    from core.config import ConfigError
+
+    cfg = load_config(
+        None, ["model.backbone=mit_b0", "model.num_classes=4", "train.mode=cam", "loss.cls_type=softmax"]
+    )
+    torch.manual_seed(0)
+    model = create_model(cfg).train()
+    b = batch()  # one class per image
+    torch.manual_seed(1)
+    res = training_step(model, b, cfg, step=0)
+    torch.manual_seed(1)
+    logits = model(b["image"], with_decoder=False, with_affinity=False).logits
+    assert res.logs["loss_cls"] == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, b["cls_label"].argmax(1)).item(), rel=1e-5
+    )
+    with pytest.raises(ConfigError, match="cls_type"):
+        load_config(None, ["loss.cls_type=softmax"])  # not with the AFA mode
