@@ -58,12 +58,12 @@ class ReferencePAR(torch.nn.Module):
 
 def reference_pseudo_labels(model, batch: dict, cfg: dict, par: ReferencePAR) -> dict[str, Tensor]:
     """The pseudo labels of one step, arranged as the authors' script computes them (see above)."""
-    from core.method.affinity import propagate_with_affinity
     from core.method.cam import cam_to_label, combine_multiscale_cams, gate_cam, normalize_cam
+    from core.method.labels import propagated_scores
     from core.method.multiscale import resize_images
     from core.method.pseudo import combine_two_background_labels
 
-    c_cam, c_aff = cfg["cam"], cfg["affinity"]
+    c_cam = cfg["cam"]
     images, raw, cls_label, valid = batch["image"], batch["image_raw"], batch["cls_label"], batch["valid"]
     b, _, h, w = images.shape
     ignore = cfg["data"]["ignore_index"]
@@ -94,21 +94,11 @@ def reference_pseudo_labels(model, batch: dict, cfg: dict, par: ReferencePAR) ->
             labels[bg_name] = torch.stack([refine(stack, i) for i in range(b)])
         par_label = combine_two_background_labels(labels["high"], labels["low"], ignore_index=ignore)
         par_label[~valid] = ignore
-        cam_grid = F.interpolate(cam, size=grid, mode="bilinear", align_corners=False)
-        rw = propagate_with_affinity(
-            cam_grid,
-            cls_label,
-            aff,
-            radius=c_aff["radius"],
-            bg_score=(c_cam["high_thresh"], c_cam["low_thresh"]),
-            power=c_aff["power"],
-            col_eps=c_aff["col_eps"],
-            steps=c_aff["steps"],
-        )
+        rw = propagated_scores(cam, cls_label, aff, grid, cfg)
         rw_labels = []
         for probs in rw:
             probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
             rw_labels.append(torch.stack([refine(probs, i) for i in range(b)]))
         aff_label = combine_two_background_labels(rw_labels[0], rw_labels[1], ignore_index=ignore)
         aff_label[~valid] = ignore
-    return {"cam_label": cam_label, "par_label": par_label, "aff_label": aff_label, "seg_target": aff_label}
+    return {"cam_label": cam_label, "par_label": par_label, "aff_label": aff_label}

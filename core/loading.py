@@ -27,12 +27,8 @@ def load_model(path: str | Path, device: str | torch.device | None = None):
     model_cfg = dict(meta["model"])
     model_cfg["pretrained"] = None  # the checkpoint holds every weight
     try:
-        model = create_model(
-            {"model": model_cfg, "data": {"mean": meta.get("mean"), "std": meta.get("std")}}
-            if meta.get("mean")
-            else {"model": model_cfg},
-            classes=meta["classes"],
-        )
+        data = {k: meta[k] for k in ("mean", "std") if meta.get(k)}  # older files: the defaults
+        model = create_model({"model": model_cfg, "data": data}, classes=meta["classes"])
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(
             f"{Path(path).name} describes a model this version cannot build ({exc})"

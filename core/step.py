@@ -50,29 +50,18 @@ def pseudo_labels(model, batch: dict, cfg: dict, use_afa: bool) -> dict[str, Ten
         out = {
             "cam_label": cam_to_label(cam, cls_label, c_cam["bg_thresh"], valid=valid, ignore_index=ignore)
         }
-        if not cfg["train"]["use_par"]:
-            out["par_label"] = _three_way(cam, cls_label, cfg, valid)
-            out["seg_target"] = out["par_label"]
+        if not cfg["train"]["use_par"]:  # ablation baseline: the three-way CAM label
+            out["par_label"] = cam_to_three_way_label(
+                cam, cls_label, c_cam["high_thresh"], c_cam["low_thresh"], valid=valid, ignore_index=ignore
+            )
             return out
         kernel = shared_par_kernel(raw, cfg)
         out["par_label"] = refined_label(raw, cam, cls_label, cfg, kernel, valid=valid)
-        out["seg_target"] = out["par_label"]
         if use_afa and ms.affinity is not None:
             out["aff_label"] = propagated_label(
                 raw, cam, cls_label, ms.affinity, ms.grid, cfg, kernel, valid=valid
             )
     return out
-
-
-def _three_way(cam: Tensor, cls_label: Tensor, cfg: dict, valid: Tensor) -> Tensor:
-    return cam_to_three_way_label(
-        cam,
-        cls_label,
-        cfg["cam"]["high_thresh"],
-        cfg["cam"]["low_thresh"],
-        valid=valid,
-        ignore_index=cfg["data"]["ignore_index"],
-    )
 
 
 def training_step(model, batch: dict, cfg: dict, step: int) -> StepResult:
@@ -108,11 +97,11 @@ def training_step(model, batch: dict, cfg: dict, step: int) -> StepResult:
 
     use_afa = t["use_aff"] and out.affinity is not None
     pl = pseudo_labels(net, batch, cfg, use_afa=use_afa)
-    labels.update({k: v for k, v in pl.items() if k != "seg_target"})
+    labels.update(pl)
     target = (
         pl["aff_label"]
         if (use_afa and step >= t["aff_label_iters"] and "aff_label" in pl)
-        else pl["seg_target"]
+        else pl["par_label"]
     )
 
     loss_seg = balanced_seg_loss(seg, target, ignore_index=ignore)

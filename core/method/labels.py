@@ -53,6 +53,25 @@ def refined_label(
     )
 
 
+def propagated_scores(
+    cam: Tensor, cls_label: Tensor, aff: Tensor, grid: tuple[int, int], cfg: dict
+) -> Tensor:
+    """Random walk of the label-gated CAM ``(B, C-1, H, W)``, resized to the token ``grid``, with
+    ``aff`` ``(B, N, N)``, for both background scores: ``(2, B, C, h, w)`` (0.55 run first)."""
+    c_cam, c_aff = cfg["cam"], cfg["affinity"]
+    cam_grid = F.interpolate(cam, size=tuple(grid), mode="bilinear", align_corners=False)
+    return propagate_with_affinity(
+        cam_grid,
+        cls_label,
+        aff,
+        radius=c_aff["radius"],
+        bg_score=(c_cam["high_thresh"], c_cam["low_thresh"]),
+        power=c_aff["power"],
+        col_eps=c_aff["col_eps"],
+        steps=c_aff["steps"],
+    )
+
+
 def propagated_label(
     raw: Tensor,
     cam: Tensor,
@@ -63,20 +82,8 @@ def propagated_label(
     kernel: Tensor,
     valid: Tensor | None = None,
 ) -> Tensor:
-    """Random walk of the label-gated CAM ``(B, C-1, H, W)`` with ``aff`` ``(B, N, N)`` on the token
-    ``grid``, both background scores, PAR, combined as the refined label: ``(B, H, W)``."""
-    c_cam, c_aff = cfg["cam"], cfg["affinity"]
-    cam_grid = F.interpolate(cam, size=tuple(grid), mode="bilinear", align_corners=False)
-    probs_high, probs_low = propagate_with_affinity(
-        cam_grid,
-        cls_label,
-        aff,
-        radius=c_aff["radius"],
-        bg_score=(c_cam["high_thresh"], c_cam["low_thresh"]),
-        power=c_aff["power"],
-        col_eps=c_aff["col_eps"],
-        steps=c_aff["steps"],
-    )
+    """``propagated_scores`` refined by PAR and combined as the refined label: ``(B, H, W)``."""
+    probs_high, probs_low = propagated_scores(cam, cls_label, aff, grid, cfg)
     return labels_from_background_runs(
         raw,
         probs_high,
