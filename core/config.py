@@ -7,6 +7,7 @@ A config is a plain nested dict. ``DEFAULTS`` holds the reference settings of th
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,9 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names the offending key."""
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _parse_value(text: str) -> Any:
     try:
         return yaml.safe_load(text)
@@ -158,6 +162,10 @@ def _check_type(path: str, default: Any, value: Any) -> Any:
             raise ConfigError(f"config key '{path}' must be true or false, got {value!r}")
         return value
     if isinstance(default, (int, float)):
+        # YAML 1.1 reads "1e-3" (no dot) as a string; where a number is expected, it is one
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            value = float(value)
+            value = int(value) if isinstance(default, int) and value.is_integer() else value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{path}' must be a number, got {value!r}")
         return type(default)(value) if isinstance(default, float) else value

@@ -73,3 +73,17 @@ def test_bad_files(tmp_path):
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(bad)
+
+
+def test_exponent_without_dot_is_a_number(tmp_path):
+    # YAML 1.1 reads "1e-3" as a string; a numeric key takes it as the number it means
+    cfg = load_config(None, ["optim.lr=1e-3", "optim.weight_decay=5E-2"])
+    assert cfg["optim"]["lr"] == pytest.approx(0.001) and cfg["optim"]["weight_decay"] == pytest.approx(0.05)
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 2e-4\n")
+    assert load_config(path)["optim"]["lr"] == pytest.approx(2e-4)
+    with pytest.raises(ConfigError, match="must be a number"):
+        load_config(None, ["optim.lr=1e-3x"])
+    assert load_config(None, ["model.backbone=1e3"])["model"]["backbone"] == "1e3"
+    assert load_config(None, ["train.max_iters=2e3"])["train"]["max_iters"] == 2000
+    assert isinstance(load_config(None, ["train.max_iters=2e3"])["train"]["max_iters"], int)
