@@ -111,6 +111,7 @@ def analyze(
     crf: bool = False,
     seg_scales=None,
     attention: bool = True,
+    dense: bool = False,
 ) -> Analysis:
     """Every intermediate map of AFA for one RGB uint8 image ``(H, W, 3)``; see ``Analysis``.
 
@@ -118,6 +119,10 @@ def analyze(
     predicts (logit > 0). ``scales``: CAM scales (the paper's 1.0, 0.5, 1.5); the segmentation
     uses ``seg_scales`` (default: the config's inference scales 1.0, 0.5, 0.75) with flips.
     Any image size works: each pass resizes the image and every map is resized back.
+    ``dense``: ``par_label`` and the propagated labels use one background score (``cam.bg_thresh``,
+    the CAM label's) instead of the two (``high_thresh``/``low_thresh``) of the training label, so
+    they label every pixel (no 255 band) and compare with ``cam_label`` on equal terms; this is how
+    ``core.evaluate`` scores them, as the authors' validation scores its propagated label.
     """
     import time
 
@@ -135,6 +140,8 @@ def analyze(
     h, w = rgb.shape[:2]
     cfg = _method_config(model)
     c_cam = cfg["cam"]
+    if dense:
+        c_cam["high_thresh"] = c_cam["low_thresh"] = c_cam["bg_thresh"]
     scales = tuple(float(s) for s in scales)
     if not scales or any(s <= 0 for s in scales):
         raise ValueError("scales must be a non-empty list of positive numbers")

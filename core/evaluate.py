@@ -40,14 +40,20 @@ def _to_numpy(x: Any) -> np.ndarray:
 
 def evaluate_model(model: torch.nn.Module, dataset: Any, cfg: dict, limit: int | None = None,
                    crf: bool = False, rank: int = 0, world_size: int = 1,
-                   scales: list[float] | None = None, progress: bool = False) -> dict[str, Any]:
+                   scales: list[float] | None = None, progress: bool = False,
+                   labels: str = "dense") -> dict[str, Any]:
     """Evaluate ``model`` (unwrapped, any device) on the first ``limit`` samples of ``dataset``.
 
     Rank ``r`` of ``world_size`` analyses every ``world_size``-th image; confusion matrices, F1 sums
     and counts are summed over ranks, so every rank returns the same dict:
     ``{"n_images", "stages": {stage: {"miou", "per_class"}}, "cls_f1", "seconds", "images_per_s"}``.
     Stages the model cannot compute (``None`` in the analysis) are left out.
+    ``labels``: "dense" scores ``par_label`` / ``rw_*_label`` made with the single background
+    score ``cam.bg_thresh`` (every pixel labelled, like ``cam_label``); "train" scores the training
+    labels with their two-threshold 255 band, whose pixels count as errors.
     """
+    if labels not in ("dense", "train"):
+        raise ValueError(f"labels must be dense or train, got {labels!r}")
     from core.analyze import analyze
     from core.method.metrics import ConfusionMatrix, multilabel_f1
 
@@ -79,7 +85,7 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, cfg: dict, limit: int |
             present = sorted(int(c) for c in np.unique(gt) if 0 < c < num_classes)
             # the ground-truth image-level labels (as class ids; analyze also takes names)
             result = analyze(model, _to_uint8_hwc(sample["image_raw"]), labels=present, scales=scales,
-                             crf=crf, attention=False)
+                             crf=crf, attention=False, dense=labels == "dense")
             for i, stage in enumerate(STAGES):
                 pred = getattr(result, stage, None)
                 if pred is not None:
@@ -108,6 +114,7 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, cfg: dict, limit: int |
             stages[stage] = matrices[stage].as_dict(names)  # miou, pixel_accuracy, per_class
     return {
         "n_images": n_images,
+        "labels": labels,
         "stages": stages,
         "cls_f1": float(counts[-2].item() / n_images) if n_images else None,
         "seconds": seconds,
@@ -146,6 +153,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--crf", action="store_true", help="also evaluate the dense-CRF segmentation")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("--scales", type=float, nargs="+", default=None, help="CAM scales (default: the config's)")
+    p.add_argument("--labels", choices=["dense", "train"], default="dense",
+                   help="pseudo-label stages: one background score (dense, default) or the training "
+                        "labels with their ignore band counted as errors (train)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--out", default=None, help="write the JSON here (printed to stdout otherwise)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -176,7 +186,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dataset = build_dataset(cfg, args.split, train=False)
     model = load_model(args.checkpoint, device=device)
     result = evaluate_model(model, dataset, cfg, limit=args.limit, crf=args.crf, rank=info.rank,
-                            world_size=info.world_size, scales=args.scales, progress=True)
+                            world_size=info.world_size, scales=args.scales, progress=True,
+                            labels=args.labels)
     return {"checkpoint": str(args.checkpoint), "data": str(root), "split": args.split, "dataset_kind": kind,
             "crf": bool(args.crf), **result}
 

@@ -112,3 +112,22 @@ def test_crf_afterwards_equals_crf_in_the_analysis(afa):
     direct = core.analyze(afa, image(), labels=["shirt"], scales=(1.0,), crf=True)
     assert np.array_equal(later.seg_crf_label, direct.seg_crf_label)
     assert later.seg_crf_label.shape == (70, 50) and plain.seg_crf_label is None  # the input is untouched
+
+
+def test_dense_labels_fill_the_ignore_band_consistently(afa):
+    # The training label is background where even the low background score (0.35) wins, foreground
+    # where the high one (0.55) loses, and 255 in between. The dense label uses one score 0.45 in
+    # between; softmax, PAR (a positive average) and the upsampling are all monotone in the
+    # background score, so it must agree on both sides of the band and label every pixel.
+    img = image(64, 64, seed=3)
+    train = core.analyze(afa, img, labels=["shirt", "shoe"], attention=False)
+    dense = core.analyze(afa, img, labels=["shirt", "shoe"], attention=False, dense=True)
+    assert np.array_equal(train.cam_label, dense.cam_label)
+    band = 0
+    for name in ("par_label", "rw_afa_label", "rw_mhsa_label"):
+        t, d = getattr(train, name), getattr(dense, name)
+        assert 255 not in d and set(np.unique(d)) <= {0, 1, 3}, name
+        assert np.all(d[t == 0] == 0), name
+        assert np.all(d[(t != 0) & (t != 255)] != 0), name
+        band += int((t == 255).sum())
+    assert band > 0  # the random model leaves an ignore band, so the case is not vacuous

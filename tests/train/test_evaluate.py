@@ -31,6 +31,7 @@ def test_evaluate_cli_reports_every_stage(tmp_path, tiny_scenes, capsys):
                  "--limit", "2", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["n_images"] == 2 and result["split"] == "val" and result["dataset_kind"] == "scenes"
+    assert result["labels"] == "dense"
     assert set(result["stages"]) == set(STAGES)
     names = class_names(load_config(TINY, [f"data.root={tiny_scenes}"]))
     for stage in STAGES:
@@ -51,6 +52,12 @@ def test_evaluate_skips_stages_a_cnn_cannot_compute(tmp_path, tiny_scenes):
     assert main(args) == 0
     stages = json.loads(out.read_text())["stages"]
     assert set(stages) == {"cam_label", "par_label"}
+    # --labels train changes the refined stages only (the CAM label has one background score)
+    out_train = tmp_path / "cnn_train.json"
+    assert main([*args[:-1], str(out_train), "--labels", "train"]) == 0
+    train = json.loads(out_train.read_text())
+    assert train["labels"] == "train"
+    assert train["stages"]["cam_label"] == stages["cam_label"]
 
 
 def test_evaluate_errors_are_one_line(tmp_path, tiny_scenes, capsys):
