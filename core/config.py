@@ -72,6 +72,10 @@ DEFAULTS: dict[str, Any] = {
         "out_dir": "runs",
         "device": "auto",  # auto (this process's GPU when CUDA is available, else CPU) | cpu | cuda
         "eval_crf": False,  # periodic evaluation also runs the dense CRF (slow)
+        # offline pretraining only (mode cam, not the paper): k > 1 lays the batch out as k x k
+        # mosaics and classifies every tile on its own; tiles without an item (label all zero)
+        # teach the classifier that background tokens score no class, next to tiles that do
+        "tile_grid": 1,
         "stop_after": None,  # stop (status "stopped", resumable) after this iteration; None = run on
     },
     "cam": {
@@ -219,6 +223,18 @@ def validate(cfg: dict) -> dict:
         raise ConfigError(
             "loss.cls_type=softmax is for single-label classification pretraining (train.mode=cam)"
         )
+    k = t["tile_grid"]
+    if not isinstance(k, int) or k < 1:
+        raise ConfigError(f"train.tile_grid must be a positive integer, got {k!r}")
+    if k > 1:
+        if t["mode"] != "cam":
+            raise ConfigError("train.tile_grid > 1 is for classification pretraining (train.mode=cam)")
+        if t["batch_size"] % (k * k):
+            raise ConfigError(f"train.batch_size must be a multiple of {k * k} for train.tile_grid={k}")
+        if cfg["loss"]["cls_type"] != "multilabel":
+            raise ConfigError(
+                "train.tile_grid > 1 needs loss.cls_type=multilabel (item-free tiles have no class)"
+            )
     if cfg["affinity"]["radius"] < 1:
         raise ConfigError("affinity.radius must be at least 1")
     return cfg

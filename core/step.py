@@ -18,6 +18,7 @@ from core.method.cam import cam_to_label, cam_to_three_way_label, gate_cam
 from core.method.labels import propagated_label, refined_label, shared_par_kernel
 from core.method.losses import balanced_seg_loss, classification_loss, dense_crf_energy_loss
 from core.method.multiscale import multiscale_cam
+from core.models.afa import tile_mosaic
 
 
 @dataclass
@@ -74,7 +75,11 @@ def training_step(model, batch: dict, cfg: dict, step: int) -> StepResult:
     # the decoder is skipped while its loss has weight 0 (mode cam, or before cam_iters); call the
     # wrapper itself (not net.forward_cam) so DistributedDataParallel still synchronises gradients
     cls_only = t["mode"] == "cam" or (t["mode"] == "afa" and step < t["cam_iters"])
-    out = model(images, with_decoder=not cls_only, with_affinity=not cls_only)
+    k = int(t["tile_grid"])
+    if k > 1:  # mode cam only (validated): classify each image as a tile of a k x k mosaic
+        out = model(tile_mosaic(images, k), with_decoder=False, with_affinity=False, tiles=k)
+    else:
+        out = model(images, with_decoder=not cls_only, with_affinity=not cls_only)
     if w["cls_type"] == "softmax":  # single-label pretraining only (validated in core.config)
         loss_cls = F.cross_entropy(out.logits, cls_label.argmax(1))
     else:

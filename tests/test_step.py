@@ -128,3 +128,56 @@ def test_softmax_classification_for_single_label_pretraining():
     )
     with pytest.raises(ConfigError, match="cls_type"):
         load_config(None, ["loss.cls_type=softmax"])  # not with the AFA mode
+
+
+def test_tile_mosaic_round_trip_and_layout():
+    from core.models.afa import split_mosaic, tile_mosaic
+
+    x = torch.randn(18, 3, 5, 7)
+    m = tile_mosaic(x, 3)
+    assert m.shape == (2, 3, 15, 21)
+    # image n*9 + i*3 + j is tile (i, j) of mosaic n
+    assert torch.equal(m[1, :, 5:10, 14:21], x[9 + 1 * 3 + 2])
+    assert torch.equal(split_mosaic(m, 3), x)
+    with pytest.raises(ValueError, match="3x3 mosaics"):
+        tile_mosaic(x[:10], 3)
+
+
+def test_tile_classification_pools_each_tile_on_its_own():
+    model, cfg = make(["train.mode=cam", "train.tile_grid=2", "train.batch_size=4"])
+    model.eval()
+    b = batch(b=4, size=64)
+    from core.models.afa import split_mosaic, tile_mosaic
+
+    with torch.no_grad():
+        out = model(tile_mosaic(b["image"], 2), with_decoder=False, with_affinity=False, tiles=2)
+        f4 = split_mosaic(out.enc.features[-1], 2)
+        expected = model.classifier(torch.amax(f4, dim=(2, 3), keepdim=True)).flatten(1)
+    assert out.logits.shape == (4, 3)
+    assert torch.allclose(out.logits, expected, atol=1e-6)
+    # each tile has logits of its own (different content, different rows)
+    assert not torch.allclose(out.logits[0], out.logits[1])
+    model.train()
+    empty = dict(b, cls_label=b["cls_label"].clone())
+    empty["cls_label"][1] = 0  # an item-free tile: no class
+    res = training_step(model, empty, cfg, step=0)
+    res.loss.backward()
+    assert set(res.logs) == {"loss", "loss_cls"} and math.isfinite(res.logs["loss"])
+    assert model.classifier.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["train.tile_grid=2", "train.mode=afa"], "train.mode=cam"),
+        (["train.tile_grid=2", "train.mode=cam", "train.batch_size=6"], "multiple of 4"),
+        (["train.tile_grid=2", "train.mode=cam", "train.batch_size=4", "loss.cls_type=softmax"],
+         "multilabel"),
+        (["train.tile_grid=0"], "positive integer"),
+    ],
+)
+def test_tile_grid_is_validated(overrides, words):
+    from core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=words):
+        load_config(None, overrides)

@@ -266,8 +266,8 @@ class SceneOptions:
     quality: int = 95  # JPEG quality
 
     def validate(self) -> None:
-        if not 1 <= self.min_objects <= self.max_objects:
-            raise ValueError("need 1 <= min_objects <= max_objects")
+        if not (0 <= self.min_objects <= self.max_objects and self.max_objects >= 1):
+            raise ValueError("need 0 <= min_objects <= max_objects and max_objects >= 1")
         if not 0 < self.scale_min <= self.scale_max:
             raise ValueError("need 0 < scale_min <= scale_max")
         if SPRITE_SIZE * self.scale_max * 1.3 > self.size:

@@ -77,6 +77,24 @@ class AFAOutput:
     enc: EncoderOutput
 
 
+def tile_mosaic(images: Tensor, k: int) -> Tensor:
+    """``(B, C, H, W)`` -> ``(B / k^2, C, k H, k W)``: images ``n k^2 .. (n + 1) k^2 - 1`` laid out
+    row by row as the k x k tiles of mosaic ``n``."""
+    b, c, h, w = images.shape
+    if b % (k * k):
+        raise ValueError(f"a batch of {b} images does not fill {k}x{k} mosaics")
+    return images.reshape(b // (k * k), k, k, c, h, w).permute(0, 3, 1, 4, 2, 5).reshape(-1, c, k * h, k * w)
+
+
+def split_mosaic(maps: Tensor, k: int) -> Tensor:
+    """Inverse of ``tile_mosaic`` for any map ``(N, D, k h, k w)`` -> ``(N k^2, D, h, w)``."""
+    n, d, hh, ww = maps.shape
+    if hh % k or ww % k:
+        raise ValueError(f"a {hh}x{ww} map does not split into {k}x{k} tiles")
+    h, w = hh // k, ww // k
+    return maps.reshape(n, d, k, h, k, w).permute(0, 2, 4, 1, 3, 5).reshape(n * k * k, d, h, w)
+
+
 class AFANet(nn.Module):
     """One network trained end to end. ``kind`` is "afa" (everything) or "cnn_cam" (classifier only)."""
 
@@ -152,9 +170,15 @@ class AFANet(nn.Module):
         aff = self.affinity(enc) if with_affinity else None
         return AFAOutput(logits, cam, None, aff, enc)
 
-    def forward(self, x: Tensor, with_decoder: bool = True, with_affinity: bool = True) -> AFAOutput:
+    def forward(self, x: Tensor, with_decoder: bool = True, with_affinity: bool = True,
+                tiles: int = 1) -> AFAOutput:
+        """``tiles`` k > 1: ``x`` is a batch of k x k mosaics (``tile_mosaic``) and ``logits`` has
+        one row per tile, in the order of the images the mosaics were made from: each tile is pooled
+        and classified on its own (tile-wise classification pretraining)."""
         enc = self.encoder(x)
         logits, cam = self.classify(enc.features[-1])
+        if tiles > 1:
+            logits = self.classify(split_mosaic(enc.features[-1], tiles))[0]
         seg = self.decoder(enc.features) if with_decoder and self.decoder is not None else None
         aff = self.affinity(enc) if with_affinity else None
         return AFAOutput(logits, cam, seg, aff, enc)

@@ -227,3 +227,17 @@ def test_impossible_options_fail_clearly(procedural_train) -> None:
             SceneOptions(size=64, min_pixels=5000, scale_min=1.0, scale_max=1.5),
             tries=2,
         )
+
+
+def test_item_free_scenes_when_min_objects_is_zero(procedural_train) -> None:
+    # background-only images (for tile pretraining): label empty, mask background or ignore only
+    opts = SceneOptions(size=96, scale_min=1.5, scale_max=2.0, min_objects=0, max_objects=1)
+    counts = []
+    for i in range(30):
+        scene = generate_scene(procedural_train, scene_rng(7, "train", i), opts)
+        counts.append(len(scene.items))
+        if not scene.items:
+            assert scene.labels() == [] and set(np.unique(scene.mask)) <= {0, 255}
+    assert set(counts) == {0, 1}
+    with pytest.raises(ValueError, match="max_objects >= 1"):
+        SceneOptions(min_objects=0, max_objects=0).validate()
