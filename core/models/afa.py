@@ -135,9 +135,11 @@ class AFANet(nn.Module):
         self.meta: dict = {}
 
     # -- pieces -----------------------------------------------------------------------------
-    def classify(self, f4: Tensor) -> tuple[Tensor, Tensor]:
-        """GMP classifier and CAM from the stage-4 map ``(B, D, h, w)``."""
-        pooled = F.adaptive_max_pool2d(f4, 1) if self.pooling == "gmp" else F.adaptive_avg_pool2d(f4, 1)
+    def classify(self, f4: Tensor, tiles: int = 1) -> tuple[Tensor, Tensor]:
+        """GMP classifier and CAM from the stage-4 map ``(B, D, h, w)``; with ``tiles`` k > 1 the
+        map is of k x k mosaics and the logits have one row per tile (``split_mosaic`` order)."""
+        cells = split_mosaic(f4, tiles) if tiles > 1 else f4
+        pooled = F.adaptive_max_pool2d(cells, 1) if self.pooling == "gmp" else F.adaptive_avg_pool2d(cells, 1)
         logits = self.classifier(pooled).flatten(1)
         cam = F.conv2d(f4, self.classifier.weight)
         return logits, cam
@@ -176,9 +178,7 @@ class AFANet(nn.Module):
         one row per tile, in the order of the images the mosaics were made from: each tile is pooled
         and classified on its own (tile-wise classification pretraining)."""
         enc = self.encoder(x)
-        logits, cam = self.classify(enc.features[-1])
-        if tiles > 1:
-            logits = self.classify(split_mosaic(enc.features[-1], tiles))[0]
+        logits, cam = self.classify(enc.features[-1], tiles)
         seg = self.decoder(enc.features) if with_decoder and self.decoder is not None else None
         aff = self.affinity(enc) if with_affinity else None
         return AFAOutput(logits, cam, seg, aff, enc)
