@@ -3,13 +3,13 @@
 # L_reg in turn to the CAM baseline, each evaluated on the first LIMIT validation images.
 # Shorter than the shipped AFA run: ITERS iterations with the same proportions of the schedule,
 # batch BATCH (4, the paper's total batch; the shipped run has 8).
-# Usage: bash scripts/ablation.sh [RUNS_DIR] [ITERS] [LIMIT] [BATCH]    (defaults: runs 400 100 4)
+# Usage: bash scripts/ablation.sh [RUNS_DIR] [ITERS] [LIMIT] [BATCH]    (defaults: runs 300 100 4, as the README)
 # Each finished run is skipped on a re-run; results go to docs/results/abl_NAME.eval.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 RUNS=${1:-runs}
-ITERS=${2:-400}
+ITERS=${2:-300}
 LIMIT=${3:-100}
 BATCH=${4:-4}
 mkdir -p "$RUNS" docs/results
@@ -22,18 +22,12 @@ declare -A variants=(
   [afa]="train.use_reg=false"
   [afa_reg]=""
 )
+# shellcheck source=scripts/train_or_resume.sh
+source scripts/train_or_resume.sh
 for name in baseline par afa afa_reg; do
-  dir="$RUNS/abl_$name"
-  if ! { [[ -f "$dir/status.json" ]] && grep -q '"finished"' "$dir/status.json"; }; then
-    if [[ -f "$dir/train_state.safetensors" ]]; then
-      $PY -m core.train --resume "$dir"
-    else
-      rm -rf "$dir"
-      # shellcheck disable=SC2086
-      $PY -m core.train --config core/configs/scenes.yaml --run-dir "$dir" "${schedule[@]}" ${variants[$name]}
-    fi
-  fi
-  [[ -f "docs/results/abl_$name.eval.json" ]] || $PY -m core.evaluate --checkpoint "$dir/checkpoint.safetensors" \
+  # shellcheck disable=SC2086
+  train "abl_$name" core/configs/scenes.yaml "${schedule[@]}" ${variants[$name]}
+  [[ -f "docs/results/abl_$name.eval.json" ]] || $PY -m core.evaluate --checkpoint "$RUNS/abl_$name/checkpoint.safetensors" \
       --data data/scenes160 --split val --limit "$LIMIT" --out "docs/results/abl_$name.eval.json"
 done
 $PY scripts/results_table.py baseline=docs/results/abl_baseline.eval.json +PAR=docs/results/abl_par.eval.json \

@@ -25,17 +25,8 @@ data() {  # data: the benchmark (160 px) and the single-item pretraining sets
       --clutter 0 --texture 0
 }
 
-train() {  # train NAME CONFIG [overrides...]: start, or resume an unfinished run
-  local name=$1 config=$2; shift 2
-  local dir="$RUNS/$name"
-  if [[ -f "$dir/status.json" ]] && grep -q '"finished"' "$dir/status.json"; then return; fi
-  if [[ -f "$dir/train_state.safetensors" ]]; then
-    $PY -m core.train --resume "$dir"
-  else
-    rm -rf "$dir"
-    $PY -m core.train --config "$config" --run-dir "$dir" "$@"
-  fi
-}
+# shellcheck source=scripts/train_or_resume.sh
+source scripts/train_or_resume.sh
 
 data
 train pretrain_mit_b0 core/configs/scenes_pretrain.yaml
