@@ -13,11 +13,11 @@ from torch.utils.data import Dataset
 
 from core.data.coco import COCO_CLASSES, COCODataset
 from core.data.folder import ImageFolder
+from core.data.scenes import ScenesDataset
 from core.data.transforms import EvalTransform, TrainTransform, sample_rng
 from core.data.voc import (
     VOC_CLASSES,
     DatasetError,
-    ScenesDataset,
     VOCDataset,
     VOCLayoutDataset,
     read_class_names,

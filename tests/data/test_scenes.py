@@ -14,7 +14,7 @@ from PIL import Image
 from core.config import DEFAULTS
 from core.data import build_dataset, class_names
 from core.data.scenes import (
-    PROCEDURAL_CLASSES,
+    CLASS_SETS,
     SceneOptions,
     find_fashion_mnist,
     generate_dataset,
@@ -24,6 +24,9 @@ from core.data.scenes import (
     read_idx,
     scene_rng,
 )
+from core.errors import UserError
+
+GROUPS = [name for name, _ in CLASS_SETS["groups"]["procedural"]]
 
 try:
     find_fashion_mnist()
@@ -66,13 +69,13 @@ def test_cli_writes_voc_layout(tiny: Path) -> None:
     train = (tiny / "ImageSets/Segmentation/train.txt").read_text().split()
     val = (tiny / "ImageSets/Segmentation/val.txt").read_text().split()
     assert len(train) == 8 and len(val) == 5 and not set(train) & set(val)
-    assert (tiny / "classes.txt").read_text().split("\n")[:11] == ["background", *PROCEDURAL_CLASSES]
+    assert (tiny / "classes.txt").read_text().split() == ["background", *GROUPS]
     meta = json.loads((tiny / "meta.json").read_text())
     assert meta["seed"] == 3 and meta["version"] >= 1 and meta["options"]["max_objects"] == 3
     img = Image.open(tiny / "JPEGImages" / f"{train[0]}.jpg")
     mask = Image.open(tiny / "SegmentationClass" / f"{train[0]}.png")
-    assert img.size == (256, 256) and img.mode == "RGB"
-    assert mask.size == (256, 256) and mask.mode == "P"  # class ids in a palette PNG
+    assert img.size == (192, 192) and img.mode == "RGB"
+    assert mask.size == (192, 192) and mask.mode == "P"  # class ids in a palette PNG
 
 
 def test_same_seed_same_bytes(tiny: Path, tmp_path: Path) -> None:
@@ -162,15 +165,15 @@ def test_dataset_reads_the_generated_folder(tiny: Path) -> None:
         resize_range=None,
         rescale_range=[0.5, 1.0],
     )
-    cfg["model"]["num_classes"] = 11
-    assert class_names(cfg) == ["background", *PROCEDURAL_CLASSES]
+    cfg["model"]["num_classes"] = 6
+    assert class_names(cfg) == ["background", *GROUPS]
     train = build_dataset(cfg, train=True)
     sample = train[0]
     assert sample["image"].shape == (3, 64, 64) and sample["mask"].shape == (64, 64)
     labels = json.loads((tiny / "cls_labels.json").read_text())[sample["name"]]
     assert sorted((np.nonzero(sample["cls_label"].numpy())[0] + 1).tolist()) == labels
     val = build_dataset(cfg, train=False)
-    assert len(val) == 5 and val[0]["image"].shape == (3, 256, 256)
+    assert len(val) == 5 and val[0]["image"].shape == (3, 192, 192)
 
 
 def test_missing_source_error_says_how_to_get_it(tmp_path: Path) -> None:
@@ -187,14 +190,15 @@ def test_read_idx_raw_and_gz(tmp_path: Path) -> None:
     assert np.array_equal(read_idx(tmp_path / "a-idx3-ubyte"), data)
     assert np.array_equal(read_idx(tmp_path / "a-idx3-ubyte.gz"), data)
     (tmp_path / "bad").write_bytes(raw[:-3])
-    with pytest.raises(ValueError, match="truncated"):
+    with pytest.raises(UserError, match="truncated"):
         read_idx(tmp_path / "bad")
 
 
 def test_refuses_to_overwrite_a_foreign_folder(tmp_path: Path) -> None:
     (tmp_path / "precious.txt").write_text("keep me")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(UserError, match="not a scenes dataset"):
         generate_dataset(tmp_path, n_train=1, n_val=1, source="procedural")
+    assert [p.name for p in tmp_path.iterdir()] == ["precious.txt"]
 
 
 @pytest.mark.skipif(not HAVE_FASHION, reason="Fashion-MNIST idx files not installed (dataset-fashion-mnist)")
@@ -202,7 +206,14 @@ def test_with_debian_fashion_mnist(tmp_path: Path) -> None:
     out = tmp_path / "fm"
     meta = generate_dataset(out, seed=0, n_train=3, n_val=2)
     assert meta["source"] == "fashion-mnist"
-    assert (out / "classes.txt").read_text().split("\n")[1] == "tshirt"
+    assert (out / "classes.txt").read_text().split() == [
+        "background",
+        "top",
+        "trouser",
+        "dress",
+        "shoe",
+        "bag",
+    ]
     items = json.loads((out / "items.json").read_text())
     assert {r["source_split"] for n, v in items.items() if n.startswith("val") for r in v["items"]} == {
         "test"
@@ -220,7 +231,7 @@ def test_small_images_never_have_empty_labels(procedural_train) -> None:
 
 
 def test_impossible_options_fail_clearly(procedural_train) -> None:
-    with pytest.raises(ValueError, match="lower --min-pixels"):
+    with pytest.raises(UserError, match="lower --min-pixels"):
         generate_scene(
             procedural_train,
             scene_rng(0, "train", 0),
@@ -239,5 +250,86 @@ def test_item_free_scenes_when_min_objects_is_zero(procedural_train) -> None:
         if not scene.items:
             assert scene.labels() == [] and set(np.unique(scene.mask)) <= {0, 255}
     assert set(counts) == {0, 1}
-    with pytest.raises(ValueError, match="max_objects >= 1"):
+    with pytest.raises(UserError, match="max-objects >= 1"):
         SceneOptions(min_objects=0, max_objects=0).validate()
+
+
+def test_grouped_classes_relabel_and_balance(procedural_train) -> None:
+    # every source class lands in the group that lists it; the 5 groups cover the 10 shapes
+    raw = load_source("procedural", "train", class_set="fashion10")
+    for new, (_, members) in enumerate(CLASS_SETS["groups"]["procedural"]):
+        assert set(raw.labels[procedural_train.labels == new].tolist()) == set(members)
+    # items are drawn class first: over many scenes each group is about a fifth of the items
+    opts = SceneOptions(size=96, scale_min=1.5, scale_max=2.0, max_objects=1)
+    classes = [
+        generate_scene(procedural_train, scene_rng(1, "train", i), opts).items[0]["class"] for i in range(200)
+    ]
+    share = np.bincount(classes, minlength=6)[1:] / len(classes)
+    assert share.min() > 0.1 and share.max() < 0.3, share
+
+
+def _colour_separability(scene) -> float:
+    """Accuracy of telling item pixels from background pixels by the nearer of their two mean colours."""
+    img = scene.image.reshape(-1, 3).astype(np.float64)
+    fg = (scene.mask.reshape(-1) != 0) & (scene.mask.reshape(-1) != 255)
+    bg = scene.mask.reshape(-1) == 0
+    mf, mb = img[fg].mean(0), img[bg].mean(0)
+    nearer_fg = ((img - mf) ** 2).sum(1) < ((img - mb) ** 2).sum(1)
+    return float((nearer_fg[fg].sum() + (~nearer_fg[bg]).sum()) / (fg.sum() + bg.sum()))
+
+
+def test_camouflage_makes_colour_a_poor_cue(procedural_train) -> None:
+    plain, camo = [], []
+    for i in range(12):
+        for value, out in ((0.0, plain), (1.0, camo)):
+            opts = SceneOptions(size=128, scale_min=2.0, scale_max=3.0, camouflage=value)
+            out.append(_colour_separability(generate_scene(procedural_train, scene_rng(2, "train", i), opts)))
+    # contrasting single-colour items are told apart by colour far better than camouflaged ones
+    assert np.mean(plain) > np.mean(camo) + 0.08, (np.mean(plain), np.mean(camo))
+
+
+def test_write_is_atomic_and_locked(tmp_path: Path, monkeypatch) -> None:
+    import threading
+
+    import core.data.scenes.writer as writer
+
+    out = tmp_path / "ds"
+    opts = SceneOptions(size=64, scale_min=1.0, scale_max=1.5)
+    real_render = writer._render
+    calls = {"n": 0}
+
+    def failing(job):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("disk full")
+        return real_render(job)
+
+    monkeypatch.setattr(writer, "_render", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        generate_dataset(out, n_train=4, n_val=2, opts=opts, source="procedural")
+    # nothing half-written is left: neither the folder nor its temporary sibling
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == [".ds.lock"]
+    monkeypatch.setattr(writer, "_render", real_render)
+
+    # two writers at once: the second waits for the first; both end with one complete folder
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            generate_dataset(out, n_train=4, n_val=2, opts=opts, source="procedural")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len((out / "ImageSets/Segmentation/train.txt").read_text().split()) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ds.lock", "ds"]
+
+
+def test_scale_that_does_not_fit_names_the_option() -> None:
+    with pytest.raises(UserError, match=r"--scale-max 3\.5\d or less"):
+        SceneOptions(size=128).validate()
