@@ -19,6 +19,15 @@ from app.cache import checkpoint_fingerprint
 log = logging.getLogger("afa_app")
 
 ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES_DIR = ROOT / "assets" / "examples"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def example_images() -> list[str]:
+    """The example images the Inspect tab offers (the app's own assets)."""
+    if not EXAMPLES_DIR.is_dir():
+        return []
+    return [str(p) for p in sorted(EXAMPLES_DIR.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS]
 
 
 def checkpoint_dirs() -> list[Path]:
@@ -49,27 +58,6 @@ class CheckpointInfo:
     label: str
     classes: tuple[str, ...]
     meta: dict
-
-
-def expected_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean bad input rather than a bug: shown as one short line in the UI."""
-    errors: list[type[BaseException]] = [ValueError, FileNotFoundError, MemoryError]
-    for module, name in (
-        ("core.io", "ImageReadError"),
-        ("core.checkpoint", "CheckpointError"),
-        ("core.config", "ConfigError"),
-    ):
-        try:
-            errors.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    try:
-        import torch
-
-        errors.append(torch.cuda.OutOfMemoryError)
-    except (ImportError, AttributeError):
-        pass
-    return tuple(errors)
 
 
 class CoreBackend:

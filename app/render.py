@@ -14,6 +14,8 @@ import numpy as np
 
 IGNORE_ID = 255
 IGNORE_COLOUR = (255, 255, 255)
+DEFAULT_OPACITY = 0.55  # of every overlay until the user moves the opacity slider
+THUMB_SIDE = 176  # long side of the small tiles (attention heads, PAR steps)
 
 
 @lru_cache(maxsize=1)
@@ -52,7 +54,7 @@ def blend(
 
 
 def overlay_labels(
-    image: np.ndarray, label: np.ndarray, opacity: float = 0.6, show_background: bool = True
+    image: np.ndarray, label: np.ndarray, opacity: float = DEFAULT_OPACITY, show_background: bool = True
 ) -> np.ndarray:
     """Colour a label map over the image. ``show_background=False`` leaves background pixels as they are."""
     label = fit_to(label, image.shape[:2], mode="nearest")
@@ -89,7 +91,7 @@ def heatmap(
 def overlay_heatmap(
     image: np.ndarray,
     values: np.ndarray,
-    opacity: float = 0.5,
+    opacity: float = DEFAULT_OPACITY,
     vmin: float | None = 0.0,
     vmax: float | None = 1.0,
     cmap: str = "jet",
@@ -115,6 +117,29 @@ def fit_to(values: np.ndarray, size: tuple[int, int], mode: str = "nearest") -> 
     if mode == "bilinear":
         return cv2.resize(values.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
     raise ValueError(f"unknown resize mode {mode!r}; use 'nearest' or 'bilinear'")
+
+
+def token_at(point: tuple[int, int], image_shape: tuple[int, ...], grid: tuple[int, int]) -> tuple[int, int]:
+    """The token ``(row, col)`` of an ``(h, w)`` grid laid evenly over the image that covers pixel
+    ``point = (x, y)`` (clamped to the image)."""
+    height, width = image_shape[:2]
+    x = min(max(int(point[0]), 0), width - 1)
+    y = min(max(int(point[1]), 0), height - 1)
+    return min(y * grid[0] // height, grid[0] - 1), min(x * grid[1] // width, grid[1] - 1)
+
+
+def token_box(
+    token: tuple[int, int], image_shape: tuple[int, ...], grid: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """The image area ``(x0, y0, x1, y1)`` that token ``(row, col)`` of an ``(h, w)`` grid covers."""
+    height, width = image_shape[:2]
+    r, c = token
+    return (
+        c * width // grid[1],
+        r * height // grid[0],
+        (c + 1) * width // grid[1],
+        (r + 1) * height // grid[0],
+    )
 
 
 def draw_marker(image: np.ndarray, point: tuple[int, int] | None, colour=(255, 255, 255)) -> np.ndarray:
@@ -190,16 +215,17 @@ def tile_grid(
     return canvas
 
 
+def class_name(classes: list[str], class_id: int) -> str:
+    """The name of ``class_id``, or "class N" when ``classes`` does not have it."""
+    return classes[class_id] if 0 <= class_id < len(classes) else f"class {class_id}"
+
+
 def legend_html(classes: list[str], ids, title: str = "") -> str:
     """Colour swatches with class names for the given class ids (ignore shown as 'ignore')."""
     items = []
     for class_id in ids:
         class_id = int(class_id)
-        name = (
-            "ignore"
-            if class_id == IGNORE_ID
-            else (classes[class_id] if class_id < len(classes) else str(class_id))
-        )
+        name = "ignore" if class_id == IGNORE_ID else class_name(classes, class_id)
         r, g, b = (int(v) for v in palette()[class_id])
         items.append(
             '<span style="display:inline-flex;align-items:center;margin:2px 10px 2px 0;white-space:nowrap">'

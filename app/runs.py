@@ -22,12 +22,14 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import UserError
+
 ROOT = Path(__file__).resolve().parent.parent
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TERMINAL_STATES = ("finished", "stopped", "failed")
 
 
-class RunError(Exception):
+class RunError(UserError):
     """A run action that was refused; the message says why."""
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from app.render import DEFAULT_OPACITY
+
 
 @dataclass
 class Session:
@@ -28,6 +30,27 @@ class Session:
     def ready(self) -> bool:
         return self.image is not None and "afa" in self.keys
 
+    def point_or_centre(self) -> tuple[int, int]:
+        """The clicked ``(x, y)``; the image centre before the first click."""
+        if self.point is not None or self.image is None:
+            return self.point or (0, 0)
+        return self.image.shape[1] // 2, self.image.shape[0] // 2
+
     def evolve(self, **changes) -> Session:
         """A copy with ``changes``: handlers never mutate the state they were given."""
         return replace(self, **changes)
+
+
+@dataclass
+class ViewSettings:
+    """How the user asked the views to be drawn (not what is analysed): the CAM class, the
+    overlay opacity, the attention block and whether token maps are smoothed."""
+
+    class_id: int | None = None
+    opacity: float | None = DEFAULT_OPACITY
+    block: int | None = None
+    smooth: bool = False
+
+    def __post_init__(self):
+        self.opacity = float(DEFAULT_OPACITY if self.opacity is None else self.opacity)
+        self.smooth = bool(self.smooth)

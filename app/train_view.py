@@ -1,5 +1,6 @@
-"""Handlers of the Train tab: a form -> ``core.train`` overrides, Start / Stop / Resume, and the
-live view of a run folder (progress, curves, latest pseudo labels, log, past runs)."""
+"""The Train tab: a form -> ``core.train`` overrides, Start / Stop / Resume, and the live view
+of a run folder (progress, curves, latest pseudo labels, log, past runs), polled by a timer
+while the tab is open."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ import numpy as np
 
 from app import plots, render
 from app.backend import BACKEND, checkpoint_id
-from app.handlers import CHECKPOINTS, UserError, guarded
-from app.runs import ROOT, RunError, RunInfo, RunManager
+from app.checkpoints import CHECKPOINTS
+from app.errors import guarded
+from app.runs import ROOT, RunInfo, RunManager
+from app.wiring import bind, connect, outputs
+from core.errors import UserError
 
 log = logging.getLogger("afa_app")
 
@@ -360,10 +364,7 @@ def make_handlers(public: bool):
         config, overrides, notes = build_overrides(form, public)
         if public:
             MANAGER.prune(PUBLIC_KEEP_RUNS)
-        try:
-            info = MANAGER.start(name, overrides, config=config)
-        except RunError as exc:
-            raise UserError(str(exc)) from exc
+        info = MANAGER.start(name, overrides, config=config)
         message = f"Started run '{info.name}'" + (f" ({'; '.join(notes)})" if notes else "") + "."
         gr.Info(message)
         views = train_views(info.name)
@@ -375,10 +376,7 @@ def make_handlers(public: bool):
         name = _pick_run(selected)
         if name is None:
             raise UserError("There is no run to stop.")
-        try:
-            message = MANAGER.stop(name)
-        except RunError as exc:
-            raise UserError(str(exc)) from exc
+        message = MANAGER.stop(name)
         gr.Info(message)
         views = train_views(name)
         views["train_status"] = message
@@ -388,10 +386,7 @@ def make_handlers(public: bool):
     def on_resume(selected: str | None) -> dict:
         if not selected:
             raise UserError("Pick a run to resume.")
-        try:
-            info = MANAGER.resume(selected)
-        except RunError as exc:
-            raise UserError(str(exc)) from exc
+        info = MANAGER.resume(selected)
         message = f"Resumed run '{info.name}'."
         gr.Info(message)
         views = train_views(info.name)
@@ -429,16 +424,172 @@ def on_open_in_inspect(selected: str | None) -> dict:
         raise UserError(f"Run '{selected}' has not saved a checkpoint yet.")
     try:
         BACKEND.read_meta(path)
-    except Exception as exc:  # noqa: BLE001 - CheckpointError and friends: say why, in one line
+    except UserError as exc:
         raise UserError(f"The checkpoint of run '{selected}' cannot be opened: {exc}") from exc
     CHECKPOINTS.refresh()
     rel = checkpoint_id(path)
     info = CHECKPOINTS.resolve(rel)
     target = "afa_ckpt" if info.kind != "cnn_cam" else "cnn_ckpt"
-    choices = CHECKPOINTS.choices(info.kind)
-    views = {
-        target: gr.update(choices=choices + ([("none", "")] if target == "cnn_ckpt" else []), value=info.id),
+    return {
+        target: gr.update(choices=CHECKPOINTS.picker_choices(info.kind), value=info.id),
         "tabs": gr.Tabs(selected="inspect"),
         "train_status": f"Opened {info.label} in Inspect.",
     }
-    return views
+
+
+# --------------------------------------------------------------------------------------------
+# layout and wiring
+
+POLL_SECONDS = 2.0  # the run view's refresh while the tab is open
+FORM = (  # the form's components, in the order of TrainForm's fields and on_start's parameters
+    "t_name",
+    "t_dataset",
+    "t_root",
+    "t_encoder",
+    "t_mode",
+    "t_iters",
+    "t_batch",
+    "t_crop",
+    "t_wseg",
+    "t_waff",
+    "t_wreg",
+    "t_par",
+    "t_aff",
+    "t_reg",
+    "t_seed",
+    "t_eval",
+)
+
+
+def layout(C: dict, public: bool) -> None:
+    limits = PUBLIC_LIMITS
+    if public:
+        gr.Markdown(
+            f"Public demo: a small run on the offline **scenes** benchmark (at most {limits['iters']} "
+            f"iterations, batch {limits['batch']}, crop {limits['crop']}). One run at a time."
+        )
+    else:
+        gr.Markdown(
+            "Start `python -m core.train` as a separate process; one run per device at a time. "
+            "Stop saves a checkpoint; Resume continues a stopped run."
+        )
+    with gr.Row():
+        with gr.Column(scale=1, min_width=300):
+            C["t_name"] = gr.Textbox(label="Run name", placeholder="auto", max_lines=1, max_length=64)
+            datasets = ["scenes"] if public else list(DATASETS)
+            C["t_dataset"] = gr.Dropdown(datasets, value="scenes", label="Dataset")
+            C["t_root"] = gr.Textbox(
+                label="Data folder (VOC / COCO / folder datasets)",
+                max_lines=1,
+                visible=not public,
+                placeholder="config default",
+            )
+            encoders = list(PUBLIC_ENCODERS) if public else list(TRANSFORMER_ENCODERS + CNN_ENCODERS)
+            with gr.Row():
+                C["t_encoder"] = gr.Dropdown(encoders, value="mit_b0", label="Encoder")
+                C["t_mode"] = gr.Dropdown(
+                    list(MODES),
+                    value="afa",
+                    label="Mode",
+                    info="afa; cam = classification only; supervised = masks",
+                )
+            with gr.Row():
+                C["t_iters"] = gr.Number(
+                    limits["iters"] if public else 2000,
+                    label="Iterations",
+                    precision=0,
+                    minimum=1,
+                    maximum=limits["iters"] if public else None,
+                )
+                C["t_batch"] = gr.Number(
+                    4, label="Batch", precision=0, minimum=1, maximum=limits["batch"] if public else None
+                )
+                C["t_crop"] = gr.Number(
+                    limits["crop"] if public else 256,
+                    label="Crop",
+                    precision=0,
+                    minimum=32,
+                    step=16,
+                    maximum=limits["crop"] if public else None,
+                )
+            with gr.Row():
+                C["t_wseg"] = gr.Number(0.1, label="w seg", minimum=0, maximum=10)
+                C["t_waff"] = gr.Number(0.1, label="w aff", minimum=0, maximum=10)
+                C["t_wreg"] = gr.Number(0.01, label="w reg", minimum=0, maximum=10)
+            with gr.Row():
+                C["t_par"] = gr.Checkbox(True, label="PAR")
+                C["t_aff"] = gr.Checkbox(True, label="affinity")
+                C["t_reg"] = gr.Checkbox(True, label="L_reg")
+            with gr.Row():
+                C["t_seed"] = gr.Number(0, label="Seed", precision=0)
+                C["t_eval"] = gr.Number(50 if public else 500, label="Evaluate every", precision=0, minimum=1)
+            with gr.Row():
+                C["start_btn"] = gr.Button("Start", variant="primary")
+                C["stop_btn"] = gr.Button("Stop", variant="stop")
+                C["resume_btn"] = gr.Button("Resume")
+            C["train_status"] = gr.Markdown()
+        with gr.Column(scale=2):
+            with gr.Row():
+                C["run_pick"] = gr.Dropdown([], label="Run", scale=3)
+                C["open_btn"] = gr.Button("Open in Inspect", scale=1)
+            C["progress"] = gr.HTML(elem_id="train-progress")
+            C["curves"] = gr.Plot(label="Loss and mIoU")
+            C["samples"] = gr.Image(
+                label="Latest pseudo labels",
+                show_label=False,
+                interactive=False,
+                format="png",
+                elem_id="samples",
+            )
+            C["samples_note"] = gr.HTML(elem_classes="afa-legend")
+            with gr.Accordion("Log (last lines)", open=False):
+                C["log"] = gr.Code(label="train.log", language=None, lines=12, interactive=False)
+            C["runs_table"] = gr.Dataframe(headers=RUN_COLUMNS, label="Runs", interactive=False, wrap=True)
+    C["timer"] = gr.Timer(POLL_SECONDS, active=False)
+
+
+def wire(C: dict, public: bool, train_tab, other_tabs) -> None:
+    """The Train tab's events; the run view polls only while ``train_tab`` is open."""
+    on_start, on_stop, on_resume, on_tick, on_select = make_handlers(public)
+    quick = dict(concurrency_id="train", concurrency_limit=2)
+    connect(C["start_btn"].click, on_start, C, FORM, TRAIN_VIEWS, api_name="train_start", **quick)
+    connect(C["stop_btn"].click, on_stop, C, ("run_pick",), TRAIN_VIEWS, api_name="train_stop", **quick)
+    connect(C["resume_btn"].click, on_resume, C, ("run_pick",), TRAIN_VIEWS, api_name="train_resume", **quick)
+    connect(C["run_pick"].input, on_select, C, ("run_pick",), TRAIN_VIEWS, api_visibility="private", **quick)
+    connect(
+        C["timer"].tick,
+        on_tick,
+        C,
+        ("run_pick", "signature"),
+        TRAIN_VIEWS,
+        api_visibility="private",
+        show_progress="hidden",
+        **quick,
+    )
+
+    def pick_from_table(evt: gr.SelectData) -> dict:
+        row = evt.row_value if isinstance(getattr(evt, "row_value", None), list) else None
+        return on_select(row[0]) if row else {}
+
+    connect(C["runs_table"].select, pick_from_table, C, (), TRAIN_VIEWS, api_visibility="private", **quick)
+    connect(
+        C["open_btn"].click,
+        on_open_in_inspect,
+        C,
+        ("run_pick",),
+        ("afa_ckpt", "cnn_ckpt", "tabs", "train_status"),
+        api_name="open_run",
+        **quick,
+    )
+
+    names, outs = outputs(C, TRAIN_VIEWS)
+    open_tab = bind(on_select, names)
+    train_tab.select(
+        lambda selected: [gr.Timer(active=True)] + open_tab(selected),
+        [C["run_pick"]],
+        [C["timer"]] + outs,
+        api_visibility="private",
+        **quick,
+    )
+    for tab in other_tabs:
+        tab.select(lambda: gr.Timer(active=False), None, C["timer"], api_visibility="private", queue=False)

@@ -13,6 +13,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from core.errors import UserError
+
 FORMAT_VERSION = 1
 META_KEY = "afa_explorer"
 
@@ -21,7 +23,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint file that cannot be used; the message says why in one sentence."""
 
 

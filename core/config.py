@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from core.errors import UserError
+
 IMAGENET_MEAN_255 = [123.675, 116.28, 103.53]
 IMAGENET_STD_255 = [58.395, 57.12, 57.375]
 
@@ -131,7 +133,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that cannot be used; the message names the offending key."""
 
 

@@ -42,6 +42,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from core.errors import UserError
+
 MIN_SIDE = 32
 # PIL refuses files above twice its MAX_IMAGE_PIXELS (about 179 MP) as decompression bombs. We keep
 # that limit (without changing PIL's global setting) and turn its error into an ImageReadError.
@@ -72,7 +74,7 @@ def voc_palette(n: int = 256) -> np.ndarray:
     return _voc_palette(n).copy()
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError, ValueError):
     """The input is not an image we can read; the message is one sentence for the user."""
 
 

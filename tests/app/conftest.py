@@ -22,7 +22,7 @@ from tests.app.helpers import (
 @pytest.fixture
 def fake_backend(tmp_path, monkeypatch):
     """Swap core for the fake in every app module; empty the shared caches around the test."""
-    from app import backend, cache, handlers
+    from app import backend, cache, checkpoints
 
     fake = FakeBackend(tmp_path)
     for name in (
@@ -37,26 +37,26 @@ def fake_backend(tmp_path, monkeypatch):
     ):
         monkeypatch.setattr(backend.BACKEND, name, getattr(fake, name))
     cache.ANALYSES.clear()
-    handlers.CHECKPOINTS.refresh()
+    checkpoints.CHECKPOINTS.refresh()
     yield fake
     cache.ANALYSES.clear()
 
 
 @pytest.fixture
 def ids(fake_backend):
-    from app import handlers
+    from app.checkpoints import CHECKPOINTS
 
-    return handlers.CHECKPOINTS.default("afa"), handlers.CHECKPOINTS.default("cnn_cam")
+    return CHECKPOINTS.default("afa"), CHECKPOINTS.default("cnn_cam")
 
 
 @pytest.fixture
 def analysed(fake_backend, ids):
     """A session right after analysing a random 96x128 image."""
-    from app import handlers
+    from app.inspect_view import on_image
     from app.state import Session
 
     image = np.random.default_rng(3).integers(0, 256, size=(96, 128, 3), dtype=np.uint8)
-    views = handlers.on_image(image, ids[0], ids[1], False, 0.5, False, Session())
+    views = on_image(image, ids[0], ids[1], False, 0.5, False, Session())
     return views["session"], views
 
 

@@ -107,7 +107,8 @@ class FakeModel:
 
 
 class FakeBackend:
-    """Stands in for core: records calls; ``fail_read`` / ``fail_analyze`` / ``crf_error`` inject errors."""
+    """Stands in for core: records calls; ``fail_read`` / ``fail_analyze`` / ``crf_error`` inject errors,
+    ``crf_installed = False`` says pydensecrf is missing."""
 
     def __init__(self, tmp_path: Path):
         self.dir = tmp_path / "ckpts"
@@ -118,6 +119,7 @@ class FakeBackend:
         self.fail_read: Exception | None = None
         self.fail_analyze: Exception | None = None
         self.crf_error: Exception | None = None
+        self.crf_installed = True
         self.attention = True
 
     def read_image(self, source, max_side):
@@ -166,7 +168,7 @@ class FakeBackend:
         return True
 
     def crf_available(self):
-        return True
+        return self.crf_installed
 
 
 # ------------------------------------------------------------------------------------------------

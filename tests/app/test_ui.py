@@ -7,7 +7,8 @@ import sys
 import gradio as gr
 import pytest
 
-from app.ui import build_app, example_images
+from app.backend import example_images
+from app.ui import build_app
 from tests.app.helpers import ROOT
 
 

@@ -1,0 +1,127 @@
+"""Analysis orchestration: the only place in the app that runs a model.
+
+An image is read once (``new_session``), analysed by the Transformer and the CNN checkpoints
+(``analyse_session``) and the results go into the shared cache; every view then reads them with
+``cached`` (a click or a slider never runs the model).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from app.backend import BACKEND
+from app.cache import ANALYSES, analysis_key, image_digest
+from app.checkpoints import CHECKPOINTS
+from app.state import Session
+from core.errors import UserError
+
+log = logging.getLogger("afa_app")
+
+# Long side images are analysed at (set by app.ui.build_app: 512 locally, 384 in public mode, where
+# a CPU Space analyses a 512 px image in 15-30 s; AFA_APP_MAX_SIDE overrides both).
+MAX_SIDE = int(os.environ.get("AFA_APP_MAX_SIDE", "512"))
+SCALES = (1.0, 0.5, 1.5)
+
+
+def new_session(source: Any, afa_id: str, cnn_id: str | None, crf: bool) -> Session:
+    """A session for a new image (a path, an array...), read by core.io at ``MAX_SIDE``."""
+    try:
+        image, notes = BACKEND.read_image(source, MAX_SIDE)
+    except UserError as exc:
+        if isinstance(source, str) and source in str(exc):  # never show the server's upload folder
+            raise UserError(str(exc).replace(source, os.path.basename(source))) from exc
+        raise
+    return Session(
+        image=image,
+        image_hash=image_digest(image),
+        image_notes=list(notes),
+        afa_id=afa_id,
+        cnn_id=cnn_id or None,
+        crf=bool(crf),
+        point=(image.shape[1] // 2, image.shape[0] // 2),
+    )
+
+
+def analyse(session: Session, which: str, labels: tuple[str, ...] | None) -> tuple[Any, tuple | None]:
+    """``(analysis, cache key)`` of ``session.image`` by the ``which`` ("afa"/"cnn") checkpoint."""
+    info = CHECKPOINTS.resolve(session.afa_id if which == "afa" else session.cnn_id)
+    if info is None or session.image is None:
+        return None, None
+    crf = session.crf and which == "afa"
+    key = analysis_key(session.image_hash, info.path, labels, SCALES, crf)
+
+    def compute():
+        plain = (
+            ANALYSES.get(analysis_key(session.image_hash, info.path, labels, SCALES, False)) if crf else None
+        )
+        if plain is not None:  # the CRF works from the cached probabilities: no model call
+            return BACKEND.add_crf(plain)
+        model = BACKEND.load_model(info.path)
+        return BACKEND.analyze(
+            model, session.image, list(labels) if labels is not None else None, SCALES, crf
+        )
+
+    analysis, _ = ANALYSES.get_or_compute(key, compute)
+    return analysis, key
+
+
+def cnn_labels(session: Session, afa: Any) -> tuple[str, ...] | None:
+    """The CNN is asked for the same image-level labels as the Transformer, so both CAMs cover
+    the same classes (its own predictions still show in the score chart); names it does not
+    know are left out."""
+    labels = session.labels
+    if labels is None and afa is not None:
+        labels = tuple(afa.classes[int(c)] for c in afa.present)
+    if afa is not None and labels is not None:
+        known = CHECKPOINTS.resolve(session.cnn_id).classes
+        labels = tuple(n for n in labels if n in known) if known else labels
+    return labels
+
+
+def analyse_session(session: Session, progress: Callable | None = None) -> Session:
+    """Run (or fetch) both analyses; returns the session with the cache keys filled in."""
+    progress = progress or (lambda *a, **k: None)
+    keys: dict[str, tuple] = {}
+    progress(0.2, desc="Transformer (AFA) analysis")
+    afa, afa_key = analyse(session, "afa", session.labels)
+    if afa_key is not None:
+        keys["afa"] = afa_key
+    if session.cnn_id:
+        progress(0.6, desc="CNN CAM analysis")
+        _, cnn_key = analyse(session, "cnn", cnn_labels(session, afa))
+        if cnn_key is not None:
+            keys["cnn"] = cnn_key
+    progress(0.9, desc="rendering")
+    return session.evolve(keys=keys)
+
+
+def cached(session: Session, which: str) -> Any:
+    """The analysis behind ``session.keys[which]``; recomputed only if the shared cache dropped it."""
+    key = session.keys.get(which)
+    if key is None:
+        return None
+    analysis = ANALYSES.get(key)
+    if analysis is None:
+        labels = key[2]
+        analysis, _ = analyse(session, which, labels)
+    return analysis
+
+
+def warm_cache(example: str | None, afa_id: str | None, cnn_id: str | None) -> None:
+    """Analyse ``example`` in the background so the first visitor gets it at once."""
+    if not example or not afa_id or not BACKEND.core_available():
+        return
+
+    def work():
+        try:
+            analyse_session(new_session(example, afa_id, cnn_id, crf=False))
+            log.info("warm-up analysis of %s done", Path(example).name)
+        except Exception:  # noqa: BLE001 - a warm-up failure only costs the first visitor time
+            log.exception("warm-up analysis failed")
+
+    threading.Thread(target=work, name="afa-warmup", daemon=True).start()
