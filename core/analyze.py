@@ -112,17 +112,23 @@ def analyze(
     seg_scales=None,
     attention: bool = True,
     dense: bool = False,
+    precision: str = "auto",
+    seg_merge: str | None = None,
 ) -> Analysis:
     """Every intermediate map of AFA for one RGB uint8 image ``(H, W, 3)``; see ``Analysis``.
 
     ``labels``: image-level labels as class names (or ids); None uses the classes the model
     predicts (logit > 0). ``scales``: CAM scales (the paper's 1.0, 0.5, 1.5); the segmentation
-    uses ``seg_scales`` (default: the config's inference scales 1.0, 0.5, 0.75) with flips.
+    uses ``seg_scales`` (default: the config's inference scales 1.0, 0.5, 0.75) with flips,
+    merged by ``seg_merge`` (default: the config's ``infer.seg_merge``, the authors' max; see
+    ``core.method.multiscale.merge_multiscale_seg``). A scale in both lists is one pass.
     Any image size works: each pass resizes the image and every map is resized back.
     ``dense``: ``par_label`` and the propagated labels use one background score (``cam.bg_thresh``,
     the CAM label's) instead of the two (``high_thresh``/``low_thresh``) of the training label, so
     they label every pixel (no 255 band) and compare with ``cam_label`` on equal terms; this is how
     ``core.evaluate`` scores them, as the authors' validation scores its propagated label.
+    ``precision``: ``auto`` (fast where the hardware has it), ``fp32`` (the exact path), ``bf16``
+    or ``fp16``, for the model passes only (core/precision.py).
     """
     import time
 
@@ -130,9 +136,9 @@ def analyze(
     import torch.nn.functional as F
 
     from core.method.affinity import mhsa_affinity
-    from core.method.cam import cam_to_label, combine_multiscale_cams, gate_cam, normalize_cam
+    from core.method.cam import cam_to_label, gate_cam
     from core.method.labels import propagated_label, refined_label, shared_par_kernel
-    from core.method.multiscale import resize_images
+    from core.method.multiscale import multiscale_cam
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -152,52 +158,34 @@ def analyze(
     std = torch.tensor(model.std, device=device).view(1, 3, 1, 1)
     raw = torch.from_numpy(np.array(rgb, copy=True)).to(device).permute(2, 0, 1)[None].float()
     x = (raw - mean) / std
-    largest = max(scales)
-    cams, seg_logits = [], []
-    logits = aff = grid = None
-    aff_attn: list = []
     blocks: list[BlockAttention] | None = None
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for scale in dict.fromkeys((1.0,) + scales + seg_scales):  # ordered union, 1.0 first
-            xb = resize_images(x, scale)
-            xb = torch.cat([xb, xb.flip(-1)], dim=0)
-            want_aff = scale == largest and scale in scales
-            if scale in seg_scales:
-                out = model(xb, with_decoder=True, with_affinity=want_aff)
-                seg = F.interpolate(out.seg, size=(h, w), mode="bilinear", align_corners=False)
-                seg_logits.append((seg[:1] + seg[1:].flip(-1)) / 2)
-            else:
-                out = model.forward_cam(xb, with_affinity=want_aff)
-            if scale in scales:
-                cams.append(out.cam)
-            if scale == 1.0:
-                logits = out.logits[0].float().cpu().numpy()
-                if attention and out.enc.attn:
-                    blocks = [
-                        BlockAttention(
-                            stage=s,
-                            index=i,
-                            grid=tuple(out.enc.grids[i]),
-                            kv_grid=tuple(out.enc.kv_grids[i]),
-                            attn=out.enc.attn[i][0].half().cpu().numpy(),
-                        )
-                        for i, s in enumerate(out.enc.block_stage)
-                    ]
-            if want_aff and out.affinity is not None:
-                aff = out.affinity[:1]
-                aff_attn = [out.enc.attn[i][:1] for i in model.last_blocks(out.enc)]
-                grid = tuple(model.affinity_grid(out.enc))
+        ms = multiscale_cam(model, x, scales, with_affinity=True, eps=c_cam["eps"], seg_scales=seg_scales,
+                            seg_merge=seg_merge or cfg["infer"]["seg_merge"], unit_pass=True,
+                            all_attention=attention, precision=precision)
+        logits = ms.logits[0].float().cpu().numpy()
+        enc = ms.enc
+        if attention and enc is not None and any(a is not None for a in enc.attn):
+            blocks = [
+                BlockAttention(
+                    stage=s,
+                    index=i,
+                    grid=tuple(enc.grids[i]),
+                    kv_grid=tuple(enc.kv_grids[i]),
+                    attn=enc.attn[i][0].half().cpu().numpy(),
+                )
+                for i, s in enumerate(enc.block_stage)
+            ]
+        aff, aff_attn, grid = ms.affinity, ms.attn, ms.grid
         timings["forward"] = time.perf_counter() - t0
 
         present, source, label_notes = _resolve_labels(model, labels, logits)
         notes += label_notes
         cls_label = torch.zeros(1, len(model.classes) - 1, device=device)
         cls_label[0, torch.as_tensor(present - 1, device=device)] = 1.0
-        cam = gate_cam(
-            normalize_cam(combine_multiscale_cams(cams, (h, w), with_flip=True), eps=c_cam["eps"]), cls_label
-        )
+        cam = gate_cam(ms.cam, cls_label)
         cam_label = cam_to_label(cam, cls_label, c_cam["bg_thresh"])
 
         t1 = time.perf_counter()
@@ -218,12 +206,14 @@ def analyze(
             timings["random_walk"] = time.perf_counter() - t2
 
         seg_label = seg_crf = seg_probs = None
-        if seg_logits:
-            probs = torch.stack(seg_logits).mean(0).softmax(1)[0]
+        if ms.seg is not None:
+            probs = ms.seg.softmax(1)[0]
             seg_label = probs.argmax(0)
             seg_probs = probs.half().cpu().numpy()
     if was_training:
         model.train()
+
+    from core.precision import resolve_precision
 
     def label_np(t):
         return None if t is None else t.reshape(h, w).to(torch.uint8).cpu().numpy()
@@ -255,6 +245,8 @@ def analyze(
             "kind": getattr(model, "kind", "afa"),
             "scales": list(scales),
             "seg_scales": list(seg_scales),
+            "seg_merge": seg_merge or cfg["infer"]["seg_merge"],
+            "precision": resolve_precision(precision, device).name,
             "crf": crf,
             "checkpoint": (getattr(model, "meta", None) or {}).get("path"),
         },

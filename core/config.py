@@ -70,7 +70,10 @@ DEFAULTS: dict[str, Any] = {
         "eval_every": 2000,
         "save_every": 1000,
         "eval_limit": None,
-        "amp": False,  # mixed precision, CUDA only
+        # numeric precision of the model passes (core/precision.py): auto = bf16 autocast on CPUs
+        # with native bf16 and on CUDA GPUs with bf16, fp16 + grad scaler on GPUs with only fast
+        # fp16, fp32 elsewhere; fp32 = the exact path. Losses, PAR and random walk stay fp32.
+        "precision": "auto",  # auto | fp32 | bf16 | fp16
         "out_dir": "runs",
         "device": "auto",  # auto (this process's GPU when CUDA is available, else CPU) | cpu | cuda
         "eval_crf": False,  # periodic evaluation also runs the dense CRF (slow)
@@ -121,6 +124,10 @@ DEFAULTS: dict[str, Any] = {
     "infer": {
         "scales": [1.0, 0.5, 0.75],
         "flip": True,
+        # how the segmentation logits of the scales are combined: max = the authors' test script
+        # (max over scales at the scale-1.0 logit resolution, stride 4); mean = mean of the
+        # logits resized to the image
+        "seg_merge": "max",  # max | mean
         "crf": {
             "iters": 10,
             "gauss_sxy": 3,
@@ -237,9 +244,31 @@ def validate(cfg: dict) -> dict:
             raise ConfigError(
                 "train.tile_grid > 1 needs loss.cls_type=multilabel (item-free tiles have no class)"
             )
+    if t["precision"] not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"train.precision must be auto, fp32, bf16 or fp16, got {t['precision']!r}")
+    if cfg["infer"]["seg_merge"] not in ("max", "mean"):
+        raise ConfigError(f"infer.seg_merge must be max or mean, got {cfg['infer']['seg_merge']!r}")
     if cfg["affinity"]["radius"] < 1:
         raise ConfigError("affinity.radius must be at least 1")
     return cfg
+
+
+def upgrade_legacy_keys(data: dict) -> dict:
+    """A config of an older version (e.g. a run folder's config.yaml) in today's keys.
+
+    ``train.amp`` (mixed precision on CUDA, default false) became ``train.precision``: a run
+    saved with ``amp: false`` trained in fp32 and resumes in fp32 (``precision: fp32``); ``amp:
+    true`` becomes ``precision: auto``. An explicit ``precision`` next to it wins.
+    """
+    train = data.get("train")
+    if isinstance(train, dict) and "amp" in train:
+        train = dict(train)
+        amp = train.pop("amp")
+        if amp not in (True, False, None):
+            raise ConfigError(f"config key 'train.amp' must be true or false, got {amp!r}")
+        train.setdefault("precision", "auto" if amp else "fp32")
+        data = {**data, "train": train}
+    return data
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict:
@@ -255,7 +284,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
-        _merge(cfg, data)
+        _merge(cfg, upgrade_legacy_keys(data))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value")

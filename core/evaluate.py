@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from core import distributed as ddp
+from core.precision import PRECISIONS, resolve_precision
 from core.runstate import UserError, user_error_types
 
 STAGES = ("cam_label", "par_label", "rw_mhsa_label", "rw_afa_label", "seg_label", "seg_crf_label")
@@ -41,7 +42,7 @@ def _to_numpy(x: Any) -> np.ndarray:
 def evaluate_model(model: torch.nn.Module, dataset: Any, cfg: dict, limit: int | None = None,
                    crf: bool = False, rank: int = 0, world_size: int = 1,
                    scales: list[float] | None = None, progress: bool = False,
-                   labels: str = "dense") -> dict[str, Any]:
+                   labels: str = "dense", precision: str = "auto") -> dict[str, Any]:
     """Evaluate ``model`` (unwrapped, any device) on the first ``limit`` samples of ``dataset``.
 
     Rank ``r`` of ``world_size`` analyses every ``world_size``-th image; confusion matrices, F1 sums
@@ -51,6 +52,8 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, cfg: dict, limit: int |
     ``labels``: "dense" scores ``par_label`` / ``rw_*_label`` made with the single background
     score ``cam.bg_thresh`` (every pixel labelled, like ``cam_label``); "train" scores the training
     labels with their two-threshold 255 band, whose pixels count as errors.
+    ``precision``: of the model passes (``core.analyze``); the segmentation scales are merged as
+    ``cfg['infer']['seg_merge']`` says.
     """
     if labels not in ("dense", "train"):
         raise ValueError(f"labels must be dense or train, got {labels!r}")
@@ -85,7 +88,8 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, cfg: dict, limit: int |
             present = sorted(int(c) for c in np.unique(gt) if 0 < c < num_classes)
             # the ground-truth image-level labels (as class ids; analyze also takes names)
             result = analyze(model, _to_uint8_hwc(sample["image_raw"]), labels=present, scales=scales,
-                             crf=crf, attention=False, dense=labels == "dense")
+                             crf=crf, attention=False, dense=labels == "dense", precision=precision,
+                             seg_merge=cfg["infer"]["seg_merge"])
             for i, stage in enumerate(STAGES):
                 pred = getattr(result, stage, None)
                 if pred is not None:
@@ -115,6 +119,8 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, cfg: dict, limit: int |
     return {
         "n_images": n_images,
         "labels": labels,
+        "precision": resolve_precision(precision, next(model.parameters()).device).name,
+        "seg_merge": cfg["infer"]["seg_merge"],
         "stages": stages,
         "cls_f1": float(counts[-2].item() / n_images) if n_images else None,
         "seconds": seconds,
@@ -157,6 +163,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="pseudo-label stages: one background score (dense, default) or the training "
                         "labels with their ignore band counted as errors (train)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--precision", choices=list(PRECISIONS), default="auto",
+                   help="model passes: auto (bf16 where the hardware runs it natively), fp32 (exact), "
+                        "bf16, fp16")
+    p.add_argument("--seg-merge", choices=["max", "mean"], default=None,
+                   help="combine the segmentation scales by the max at stride 4 (the authors', "
+                        "default: the checkpoint's infer.seg_merge) or the mean at image size")
     p.add_argument("--out", default=None, help="write the JSON here (printed to stdout otherwise)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p.parse_args(argv)
@@ -183,11 +195,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     set_by_path(cfg, "data.name", kind)
     set_by_path(cfg, "data.root", str(root))
     set_by_path(cfg, "data.val_split", args.split)
+    if args.seg_merge:
+        set_by_path(cfg, "infer.seg_merge", args.seg_merge)
     dataset = build_dataset(cfg, args.split, train=False)
     model = load_model(args.checkpoint, device=device)
     result = evaluate_model(model, dataset, cfg, limit=args.limit, crf=args.crf, rank=info.rank,
                             world_size=info.world_size, scales=args.scales, progress=True,
-                            labels=args.labels)
+                            labels=args.labels, precision=args.precision)
     return {"checkpoint": str(args.checkpoint), "data": str(root), "split": args.split, "dataset_kind": kind,
             "crf": bool(args.crf), **result}
 

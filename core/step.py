@@ -19,6 +19,7 @@ from core.method.labels import propagated_label, refined_label, shared_par_kerne
 from core.method.losses import balanced_seg_loss, classification_loss, dense_crf_energy_loss
 from core.method.multiscale import multiscale_cam
 from core.models.afa import tile_mosaic
+from core.precision import Precision, resolve_precision
 
 
 @dataclass
@@ -40,13 +41,20 @@ def pixel_accuracy(pred: Tensor, gt: Tensor, ignore_index: int = 255) -> float:
     return float((pred[keep] == gt[keep]).float().mean()) if n else float("nan")
 
 
+def step_precision(cfg: dict, device: torch.device) -> Precision:
+    """``train.precision`` resolved on ``device`` (``auto`` -> what the hardware runs fast)."""
+    return resolve_precision(cfg["train"]["precision"], device)
+
+
 def pseudo_labels(model, batch: dict, cfg: dict, use_afa: bool) -> dict[str, Tensor]:
-    """CAM label, refined (PAR) label and, with ``use_afa``, the AFA-propagated label. No gradient."""
+    """CAM label, refined (PAR) label and, with ``use_afa``, the AFA-propagated label. No gradient.
+    The CAM passes run in ``train.precision``; everything after them in fp32 (core/precision.py)."""
     c_cam = cfg["cam"]
     ignore = cfg["data"]["ignore_index"]
     images, raw, cls_label, valid = batch["image"], batch["image_raw"], batch["cls_label"], batch["valid"]
     with torch.no_grad():
-        ms = multiscale_cam(model, images, c_cam["scales"], with_affinity=use_afa, eps=c_cam["eps"])
+        ms = multiscale_cam(model, images, c_cam["scales"], with_affinity=use_afa, eps=c_cam["eps"],
+                            precision=step_precision(cfg, images.device))
         cam = gate_cam(ms.cam, cls_label)
         out = {
             "cam_label": cam_to_label(cam, cls_label, c_cam["bg_thresh"], valid=valid, ignore_index=ignore)
@@ -76,10 +84,12 @@ def training_step(model, batch: dict, cfg: dict, step: int) -> StepResult:
     # wrapper itself (not net.forward_cam) so DistributedDataParallel still synchronises gradients
     cls_only = t["mode"] == "cam" or (t["mode"] == "afa" and step < t["cam_iters"])
     k = int(t["tile_grid"])
-    if k > 1:  # mode cam only (validated): classify each image as a tile of a k x k mosaic
-        out = model(tile_mosaic(images, k), with_decoder=False, with_affinity=False, tiles=k)
-    else:
-        out = model(images, with_decoder=not cls_only, with_affinity=not cls_only)
+    # the forward pass runs in train.precision; the model's outputs and every loss below are fp32
+    with step_precision(cfg, images.device).autocast():
+        if k > 1:  # mode cam only (validated): classify each image as a tile of a k x k mosaic
+            out = model(tile_mosaic(images, k), with_decoder=False, with_affinity=False, tiles=k)
+        else:
+            out = model(images, with_decoder=not cls_only, with_affinity=not cls_only)
     if w["cls_type"] == "softmax":  # single-label pretraining only (validated in core.config)
         loss_cls = F.cross_entropy(out.logits, cls_label.argmax(1))
     else:

@@ -30,6 +30,7 @@ from core import distributed as ddp
 from core.checkpoint import atomic_write, atomic_write_json
 from core.config import load_config
 from core.optim import WarmupPoly, build_optimizer
+from core.precision import resolve_precision
 from core.runstate import (
     CHECKPOINT_FILE,
     STATE_FILE,
@@ -298,14 +299,16 @@ def train(cfg: dict, run_dir: Path, resume: bool, info: ddp.DistInfo, device: to
     model.meta = {"config": cfg}  # core.analyze (evaluation) reads the method settings from here
     optimizer = build_optimizer(model, cfg["optim"])
     schedule = WarmupPoly.from_config(cfg)
-    use_amp = bool(t["amp"]) and device.type == "cuda"
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    precision = resolve_precision(t["precision"], device)  # the step autocasts its model passes
+    use_scaler = precision.grad_scaler  # fp16 only: bf16 and fp32 gradients do not underflow
+    log.console(f"precision: {precision.name} (train.precision={t['precision']})")
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     step, epoch, position, metrics = 0, 0, 0, None
     if resume:
         state = load_train_state(run_dir)
         model.load_state_dict(state.model)
         optimizer.load_state_dict(state.optimizer)
-        if state.scaler and use_amp:
+        if state.scaler and use_scaler:
             scaler.load_state_dict(state.scaler)
         step, epoch, position = state.step, state.epoch, state.position
         metrics = state.meta.get("metrics")
@@ -340,7 +343,7 @@ def train(cfg: dict, run_dir: Path, resume: bool, info: ddp.DistInfo, device: to
         if info.is_main:
             save_train_state(run_dir, model=model, optimizer=optimizer, step=step, epoch=batches.epoch,
                              position=batches.position, rng=rng,
-                             scaler_state=scaler.state_dict() if use_amp else None,
+                             scaler_state=scaler.state_dict() if use_scaler else None,
                              extra={"metrics": metrics})
             save_model_checkpoint(run_dir / CHECKPOINT_FILE, model, cfg, step, metrics)
         ddp.barrier()
@@ -348,7 +351,7 @@ def train(cfg: dict, run_dir: Path, resume: bool, info: ddp.DistInfo, device: to
     def evaluate(step: int) -> dict:
         with preserve_rng():
             result = evaluate_model(model, val_set, cfg, limit=t["eval_limit"], crf=bool(t["eval_crf"]),
-                                    rank=info.rank, world_size=info.world_size)
+                                    rank=info.rank, world_size=info.world_size, precision=precision)
         if info.is_main:
             atomic_write_json(run_dir / "eval" / f"step_{step:06d}.json", {"step": step, **result})
             log.metrics({"kind": "eval", "step": step, "time": time.time(), **summary(result)})
@@ -367,8 +370,7 @@ def train(cfg: dict, run_dir: Path, resume: bool, info: ddp.DistInfo, device: to
             batch = to_device(next(batches), device)
             schedule.apply(optimizer, step)
             model.train()
-            with torch.autocast(device.type, enabled=use_amp):
-                result = training_step(net, batch, cfg, step)
+            result = training_step(net, batch, cfg, step)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(result.loss).backward()
             scaler.step(optimizer)

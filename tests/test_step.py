@@ -57,9 +57,10 @@ def test_classification_only_before_cam_iters():
     assert not g["attn_proj.weight"]
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("step, target", [(15, "par_label"), (25, "aff_label")])
-def test_full_step_every_loss_on(step, target):
-    model, cfg = make()
+def test_full_step_every_loss_on(step, target, precision):
+    model, cfg = make([f"train.precision={precision}"])
     b = batch()
     res = training_step(model, b, cfg, step=step)
     res.loss.backward()
@@ -114,7 +115,8 @@ def test_softmax_classification_for_single_label_pretraining():
     from core.config import ConfigError
 
     cfg = load_config(
-        None, ["model.backbone=mit_b0", "model.num_classes=4", "train.mode=cam", "loss.cls_type=softmax"]
+        None, ["model.backbone=mit_b0", "model.num_classes=4", "train.mode=cam", "loss.cls_type=softmax",
+               "train.precision=fp32"]  # compared with an fp32 forward below
     )
     torch.manual_seed(0)
     model = create_model(cfg).train()

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.models.common import EncoderOutput
+from core.models.common import BlockSelection, EncoderOutput
+from core.precision import full_precision
 
 
 class MLPProjection(nn.Module):
@@ -137,49 +138,67 @@ class AFANet(nn.Module):
     # -- pieces -----------------------------------------------------------------------------
     def classify(self, f4: Tensor, tiles: int = 1) -> tuple[Tensor, Tensor]:
         """GMP classifier and CAM from the stage-4 map ``(B, D, h, w)``; with ``tiles`` k > 1 the
-        map is of k x k mosaics and the logits have one row per tile (``split_mosaic`` order)."""
-        cells = split_mosaic(f4, tiles) if tiles > 1 else f4
-        pooled = F.adaptive_max_pool2d(cells, 1) if self.pooling == "gmp" else F.adaptive_avg_pool2d(cells, 1)
-        logits = self.classifier(pooled).flatten(1)
-        cam = F.conv2d(f4, self.classifier.weight)
+        map is of k x k mosaics and the logits have one row per tile (``split_mosaic`` order).
+        In fp32 even under autocast (core/precision.py): the CAM is normalised and thresholded."""
+        with full_precision(f4.device.type):
+            f4 = f4.float()
+            cells = split_mosaic(f4, tiles) if tiles > 1 else f4
+            pool = F.adaptive_max_pool2d if self.pooling == "gmp" else F.adaptive_avg_pool2d
+            pooled = pool(cells, 1)
+            logits = self.classifier(pooled).flatten(1)
+            cam = F.conv2d(f4, self.classifier.weight)
         return logits, cam
 
+    def attention_blocks(self) -> list[int]:
+        """Indices of the encoder blocks whose attention feeds the affinity head: the last
+        ``aff_blocks`` blocks of the last stage (at least one: the MHSA baseline uses them too).
+        Empty for an encoder without attention."""
+        stages = list(getattr(self.encoder, "block_stage", []))
+        if not stages or not getattr(self.encoder, "has_attention", False):
+            return []
+        last_stage = max(stages)
+        return [i for i, s in enumerate(stages) if s == last_stage][-max(self.aff_blocks, 1) :]
+
     def affinity(self, enc: EncoderOutput) -> Tensor | None:
-        """Learned affinity ``(B, N, N)`` from the raw scores of the last ``aff_blocks`` stage-4 blocks."""
-        if not self.has_attention or not enc.scores:
+        """Learned affinity ``(B, N, N)`` from the raw scores of the ``attention_blocks``, in fp32."""
+        if not self.has_attention:
             return None
-        last_stage = max(enc.block_stage)
-        idx = [i for i, s in enumerate(enc.block_stage) if s == last_stage][-self.aff_blocks :]
-        scores = torch.cat([enc.scores[i] for i in idx], dim=1)  # (B, blocks*heads, N, N)
-        scores = scores + scores.transpose(-1, -2)
-        return torch.sigmoid(self.attn_proj(scores))[:, 0]
+        maps = [enc.scores[i] if i < len(enc.scores) else None for i in self.attention_blocks()]
+        if any(m is None for m in maps):
+            raise ValueError("the encoder pass did not compute the affinity blocks' attention maps")
+        with full_precision(maps[0].device.type):
+            scores = torch.cat(maps, dim=1).float()  # (B, blocks*heads, N, N)
+            scores = scores + scores.transpose(-1, -2)
+            return torch.sigmoid(self.attn_proj(scores))[:, 0]
 
     def affinity_grid(self, enc: EncoderOutput) -> tuple[int, int]:
         return enc.grids[-1] if enc.grids else tuple(enc.features[-1].shape[-2:])
 
-    def last_blocks(self, enc: EncoderOutput) -> list[int]:
-        """Indices of the blocks whose attention feeds the affinity head (also used by MHSA)."""
-        if not enc.block_stage:
-            return []
-        last_stage = max(enc.block_stage)
-        return [i for i, s in enumerate(enc.block_stage) if s == last_stage][-max(self.aff_blocks, 1) :]
+    def attention_maps(self, with_affinity: bool, all_attention: bool) -> BlockSelection:
+        """The blocks whose attention maps a pass computes: all of them for the attention views,
+        the affinity blocks when the affinity is wanted, none otherwise (fused attention)."""
+        if all_attention:
+            return "all"
+        return self.attention_blocks() if with_affinity and self.has_attention else None
 
     # -- forwards ---------------------------------------------------------------------------
-    def forward_cam(self, x: Tensor, with_affinity: bool = False) -> AFAOutput:
-        """Encoder + classifier (+ affinity head); never the decoder."""
-        enc = self.encoder(x)
+    def forward_cam(self, x: Tensor, with_affinity: bool = False, all_attention: bool = False) -> AFAOutput:
+        """Encoder + classifier (+ affinity head); never the decoder. ``all_attention``: every
+        block's attention maps in ``enc`` (the app's head viewer)."""
+        enc = self.encoder(x, maps=self.attention_maps(with_affinity, all_attention))
         logits, cam = self.classify(enc.features[-1])
         aff = self.affinity(enc) if with_affinity else None
         return AFAOutput(logits, cam, None, aff, enc)
 
     def forward(self, x: Tensor, with_decoder: bool = True, with_affinity: bool = True,
-                tiles: int = 1) -> AFAOutput:
+                tiles: int = 1, all_attention: bool = False) -> AFAOutput:
         """``tiles`` k > 1: ``x`` is a batch of k x k mosaics (``tile_mosaic``) and ``logits`` has
         one row per tile, in the order of the images the mosaics were made from: each tile is pooled
-        and classified on its own (tile-wise classification pretraining)."""
-        enc = self.encoder(x)
+        and classified on its own (tile-wise classification pretraining). Outputs are float32 under
+        any autocast."""
+        enc = self.encoder(x, maps=self.attention_maps(with_affinity, all_attention))
         logits, cam = self.classify(enc.features[-1], tiles)
-        seg = self.decoder(enc.features) if with_decoder and self.decoder is not None else None
+        seg = self.decoder(enc.features).float() if with_decoder and self.decoder is not None else None
         aff = self.affinity(enc) if with_affinity else None
         return AFAOutput(logits, cam, seg, aff, enc)
 

@@ -1,4 +1,4 @@
-"""Mix Transformer (MiT), the SegFormer encoder, exposing the attention of every block.
+"""Mix Transformer (MiT), the SegFormer encoder, exposing the attention of the blocks a caller asks for.
 
 Parameter names follow SegFormer's original layout (``patch_embed1.proj``, ``block1.0.attn.kv``,
 ``norm1``, ...) so that SegFormer's ImageNet files and the AFA authors' checkpoints load 1:1.
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.models.common import EncoderOutput
+from core.models.common import BlockSelection, EncoderOutput, wants_maps
 from core.models.encoders import (
     download_pretrained,
     is_hub_request,
@@ -28,6 +28,7 @@ from core.models.encoders import (
     read_state_dict,
     register_encoder,
 )
+from core.precision import full_precision
 
 # SegFormer's block and stage norms use eps=1e-6; the patch-embedding and key/value-reduction
 # norms keep PyTorch's default 1e-5. Checkpoints were trained that way.
@@ -92,7 +93,9 @@ class OverlapPatchEmbed(nn.Module):
 class EfficientSelfAttention(nn.Module):
     """Multi-head attention whose keys/values come from a spatially reduced grid (ratio ``sr_ratio``).
 
-    Returns the output tokens and, for AFA, the raw scores q.k^T and the softmax attention.
+    With ``with_maps`` it also returns, for AFA, the raw scores q.k^T and the softmax attention,
+    computed explicitly in fp32; otherwise ``F.scaled_dot_product_attention`` does the same
+    arithmetic (fused kernels, no N x N' tensor kept for backward) and the maps are None.
     """
 
     def __init__(self, dim: int, num_heads: int, sr_ratio: int) -> None:
@@ -110,10 +113,13 @@ class EfficientSelfAttention(nn.Module):
             self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
             self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x: Tensor, h: int, w: int) -> tuple[Tensor, Tensor, Tensor, tuple[int, int]]:
+    def forward(
+        self, x: Tensor, h: int, w: int, with_maps: bool = False
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, tuple[int, int]]:
         """x: (B, N, C) with N = h*w.
 
-        Returns out (B, N, C), scores (B, heads, N, N'), attn (B, heads, N, N'), the key grid (h', w').
+        Returns out (B, N, C), scores (B, heads, N, N') and attn (B, heads, N, N') (None without
+        ``with_maps``), the key grid (h', w').
         """
         b, n, c = x.shape
         q = self.q(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
@@ -130,9 +136,16 @@ class EfficientSelfAttention(nn.Module):
             kv_grid = (h, w)
             kv_in = x
         k, v = self.kv(kv_in).view(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        scores = q @ k.transpose(-2, -1)
-        attn = torch.softmax(scores * self.scale, dim=-1)
-        out = (attn @ v).transpose(1, 2).reshape(b, n, c)
+        if with_maps:
+            # fp32 even under autocast: see core/precision.py (the affinity head's input)
+            with full_precision(x.device.type):
+                scores = q.float() @ k.float().transpose(-2, -1)
+                attn = torch.softmax(scores * self.scale, dim=-1)
+                out = (attn @ v.float()).to(q.dtype)
+        else:
+            scores = attn = None
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        out = out.transpose(1, 2).reshape(b, n, c)
         return self.proj(out), scores, attn, kv_grid
 
 
@@ -171,8 +184,10 @@ class MiTBlock(nn.Module):
         self.mlp = MixFFN(dim, int(dim * mlp_ratio))
         self.drop_path_p = drop_path_p
 
-    def forward(self, x: Tensor, h: int, w: int) -> tuple[Tensor, Tensor, Tensor, tuple[int, int]]:
-        out, scores, attn, kv_grid = self.attn(self.norm1(x), h, w)
+    def forward(
+        self, x: Tensor, h: int, w: int, with_maps: bool = False
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, tuple[int, int]]:
+        out, scores, attn, kv_grid = self.attn(self.norm1(x), h, w, with_maps)
         x = x + drop_path(out, self.drop_path_p, self.training)
         x = x + drop_path(self.mlp(self.norm2(x), h, w), self.drop_path_p, self.training)
         return x, scores, attn, kv_grid
@@ -218,6 +233,7 @@ class MixTransformer(nn.Module):
         self.output_stride = math.prod(self.strides)
         self.has_attention = True
         self.arch = arch
+        self.block_stage = [s for s in range(4) for _ in range(self.depths[s])]
 
         # Stochastic depth grows linearly from 0 to drop_path_rate over all blocks, as in SegFormer.
         # (Plain Python rather than torch.linspace so that building on the meta device works.)
@@ -242,13 +258,19 @@ class MixTransformer(nn.Module):
             first += self.depths[s]
         self.apply(_init_weights)
 
-    def forward(self, x: Tensor) -> EncoderOutput:
-        """x: (B, 3, H, W) normalised image. Features are (B, C_s, H_s, W_s) with H_s set by the convs."""
+    def forward(self, x: Tensor, maps: BlockSelection = None) -> EncoderOutput:
+        """x: (B, 3, H, W) normalised image. Features are (B, C_s, H_s, W_s) with H_s set by the convs.
+
+        ``maps``: the blocks (indices over all stages, ``"all"``, or None) whose raw scores and
+        softmax attention are computed; the other blocks' entries are None.
+        """
         out = EncoderOutput(features=[])
+        index = 0
         for s in range(4):
             tokens, h, w = getattr(self, f"patch_embed{s + 1}")(x)
             for block in getattr(self, f"block{s + 1}"):
-                tokens, scores, attn, kv_grid = block(tokens, h, w)
+                tokens, scores, attn, kv_grid = block(tokens, h, w, wants_maps(maps, index))
+                index += 1
                 out.scores.append(scores)
                 out.attn.append(attn)
                 out.block_stage.append(s)

@@ -1,8 +1,9 @@
-"""A plain ViT/DeiT encoder from timm (ToCo's backbone), exposing the attention of every block.
+"""A plain ViT/DeiT encoder from timm (ToCo's backbone), exposing the attention of the blocks asked for.
 
-timm's own Attention uses a fused kernel that never materialises the attention matrix, so this
-module runs the blocks itself: the same parameters and the same math as timm's ``Block`` and
-``Attention``, but each attention also returns its raw scores and its softmax.
+timm's own Attention uses a fused kernel that never materialises the attention matrix, so for
+the blocks whose maps a caller asks for this module runs the block itself: the same parameters
+and the same math as timm's ``Block`` and ``Attention``, but the attention also returns its raw
+scores and its softmax. The other blocks run timm's own forward.
 
 Token conventions: the class (and any register) tokens take part in the attention, but the
 returned maps keep only the patch tokens: ``scores`` is the patch-to-patch block of q.k^T and
@@ -25,7 +26,7 @@ from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 from torch import Tensor, nn
 
-from core.models.common import EncoderOutput
+from core.models.common import BlockSelection, EncoderOutput, wants_maps
 from core.models.encoders import (
     download_pretrained,
     is_hub_request,
@@ -33,6 +34,7 @@ from core.models.encoders import (
     read_state_dict,
     register_encoder,
 )
+from core.precision import full_precision
 
 # Our name -> (timm model name, hub repository with its ImageNet-1k weights).
 VIT_MODELS: dict[str, tuple[str, str]] = {
@@ -52,9 +54,11 @@ def attention_with_maps(attn: Attention, x: Tensor) -> tuple[Tensor, Tensor, Ten
     gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
     q, k, v = attn.qkv(x).reshape(b, t, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    scores = q @ k.transpose(-2, -1)
-    weights = torch.softmax(scores * attn.scale, dim=-1)
-    out = (attn.attn_drop(weights) @ v).transpose(1, 2).reshape(b, t, attn.attn_dim)
+    with full_precision(x.device.type):  # fp32 maps even under autocast (core/precision.py)
+        scores = q.float() @ k.float().transpose(-2, -1)
+        weights = torch.softmax(scores * attn.scale, dim=-1)
+        out = (attn.attn_drop(weights) @ v.float()).to(q.dtype)
+    out = out.transpose(1, 2).reshape(b, t, attn.attn_dim)
     out = attn.norm(out)
     if gate is not None:
         out = out * gate
@@ -101,8 +105,13 @@ class ViTEncoder(nn.Module):
         # The last block of each group gives that stage's feature map.
         self.feature_blocks = [max(i for i in range(depth) if self.block_stage[i] == s) for s in range(4)]
 
-    def forward(self, x: Tensor) -> EncoderOutput:
-        """x: (B, 3, H, W) normalised image. Features (B, D, h, w), h = ceil(H / 16)."""
+    def forward(self, x: Tensor, maps: BlockSelection = None) -> EncoderOutput:
+        """x: (B, 3, H, W) normalised image. Features (B, D, h, w), h = ceil(H / 16).
+
+        ``maps``: the blocks (indices, ``"all"`` or None) whose scores and attention are computed
+        explicitly (in fp32, see core/precision.py); the others run timm's own (fused) attention
+        and their entries are None.
+        """
         vit = self.vit
         tokens = vit.patch_embed(x)  # (B, h, w, D): timm defers flattening with dynamic_img_size
         b, h, w, _ = tokens.shape
@@ -110,10 +119,15 @@ class ViTEncoder(nn.Module):
         skip = vit.num_prefix_tokens
         out = EncoderOutput(features=[])
         for i, blk in enumerate(vit.blocks):
-            tokens, scores, weights = block_with_maps(blk, tokens)
-            patch_weights = weights[:, :, skip:, skip:]
-            out.scores.append(scores[:, :, skip:, skip:])
-            out.attn.append(patch_weights / patch_weights.sum(dim=-1, keepdim=True))
+            if wants_maps(maps, i):
+                tokens, scores, weights = block_with_maps(blk, tokens)
+                patch_weights = weights[:, :, skip:, skip:]
+                out.scores.append(scores[:, :, skip:, skip:])
+                out.attn.append(patch_weights / patch_weights.sum(dim=-1, keepdim=True))
+            else:
+                tokens = blk(tokens)
+                out.scores.append(None)
+                out.attn.append(None)
             out.block_stage.append(self.block_stage[i])
             out.grids.append((h, w))
             out.kv_grids.append((h, w))

@@ -23,6 +23,34 @@ def test_shapes_and_heads(model):
     assert len(out.enc.scores) == 8 and out.enc.block_stage == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
+def test_attention_on_demand_equals_the_all_explicit_path(model):
+    """The default pass computes maps only for the affinity blocks (6, 7) and runs fused SDPA
+    elsewhere; its outputs and the affinity head's input equal the all-explicit pass's."""
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        fast = model(x)
+        explicit = model(x, all_attention=True)
+        cam_only = model.forward_cam(x)
+    assert model.attention_blocks() == [6, 7]
+    assert [i for i, s in enumerate(fast.enc.scores) if s is not None] == [6, 7]
+    assert all(s is not None for s in explicit.enc.scores)
+    assert all(s is None for s in cam_only.enc.scores) and cam_only.affinity is None
+    for name in ("logits", "cam", "seg", "affinity"):
+        assert (getattr(fast, name) - getattr(explicit, name)).abs().max().item() < 1e-5, name
+    assert (cam_only.cam - explicit.cam).abs().max().item() < 1e-5
+    for i in (6, 7):
+        assert torch.allclose(fast.enc.scores[i], explicit.enc.scores[i], atol=1e-4)
+
+
+def test_outputs_are_float32_under_bf16_autocast(model):
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.enc.features[0].dtype == torch.bfloat16  # the encoder did run in bf16
+    assert {out.logits.dtype, out.cam.dtype, out.seg.dtype, out.affinity.dtype} == {torch.float32}
+    assert out.enc.scores[7].dtype == out.enc.attn[7].dtype == torch.float32
+
+
 def test_classifier_is_gmp_then_bias_free_conv_and_cam_is_the_same_conv(model):
     x = torch.randn(1, 3, 64, 64)
     out = model(x)

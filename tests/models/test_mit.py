@@ -57,7 +57,7 @@ def test_matches_transformers_segformer(strides: list[int]) -> None:
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = hf(x, output_attentions=True, output_hidden_states=True)
-        out = ours(x)
+        out = ours(x, maps="all")
     assert ours.output_stride == (16 if strides[-1] == 1 else 32)
     assert len(ref.hidden_states) == len(out.features) == 4
     for ref_f, f in zip(ref.hidden_states, out.features):
@@ -95,7 +95,7 @@ def test_shapes_and_attention_b0_afa_strides() -> None:
     assert model.embed_dims == [32, 64, 160, 256] and model.num_heads == [1, 2, 5, 8]
     assert model.depths == [2, 2, 2, 2] and model.output_stride == 16
     with torch.no_grad():
-        out = model(torch.randn(2, 3, 64, 96))
+        out = model(torch.randn(2, 3, 64, 96), maps="all")
     assert [tuple(f.shape) for f in out.features] == [
         (2, 32, 16, 24),
         (2, 64, 8, 12),
@@ -118,7 +118,7 @@ def test_shapes_and_attention_b0_afa_strides() -> None:
 def test_odd_input_sizes_and_too_small_input() -> None:
     model = mit_b0().eval()
     with torch.no_grad():
-        out = model(torch.randn(1, 3, 65, 97))
+        out = model(torch.randn(1, 3, 65, 97), maps=[7])
     # The patch-embedding convs define the grid: (65 + 6 - 7) // 4 + 1 = 17, (17 + 2 - 3) // 2 + 1 = 9, ...
     assert [tuple(f.shape[-2:]) for f in out.features] == [(17, 25), (9, 13), (5, 7), (5, 7)]
     assert out.kv_grids[0] == (2, 3) and out.scores[-1].shape[-1] == 35
@@ -128,7 +128,7 @@ def test_odd_input_sizes_and_too_small_input() -> None:
 
 def test_training_mode_backward_through_scores() -> None:
     model = mit_b0(drop_path_rate=0.5).train()
-    out = model(torch.randn(2, 3, 64, 64))
+    out = model(torch.randn(2, 3, 64, 64), maps=[7])
     (out.scores[-1].sum() + out.features[-1].sum()).backward()
     assert model.block4[1].attn.q.weight.grad is not None
 
@@ -239,3 +239,30 @@ def test_larger_variants_by_construction(name: str, depths: list[int], params: i
     )
     assert sum(p.numel() for p in model.parameters()) == params
     assert model.block3[-1].drop_path_p == pytest.approx(0.1 * (sum(depths[:3]) - 1) / (sum(depths) - 1))
+
+
+def test_sdpa_blocks_equal_the_explicit_path_forward_and_backward() -> None:
+    """Blocks without maps run F.scaled_dot_product_attention; all-explicit gives the same features
+    and the same gradients (fp32 tolerance); a block asked for returns exactly its maps."""
+    torch.manual_seed(0)
+    model = mit_b0(drop_path_rate=0.0).train()
+    x = torch.randn(2, 3, 64, 96)
+    results = {}
+    for maps in ("all", None, [7]):
+        model.zero_grad()
+        out = model(x, maps=maps)
+        sum(f.square().mean() for f in out.features).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        results[str(maps)] = (out, grads)
+    explicit, explicit_grads = results["all"]
+    for key in ("None", "[7]"):
+        out, grads = results[key]
+        for f, ref in zip(out.features, explicit.features):
+            assert (f - ref).abs().max().item() < 1e-5
+        for g, ref in zip(grads, explicit_grads):
+            assert (g - ref).abs().max().item() <= 1e-5 * max(1.0, ref.abs().max().item())
+    assert all(s is None for s in results["None"][0].scores)
+    asked = results["[7]"][0]
+    assert [i for i, s in enumerate(asked.scores) if s is not None] == [7]
+    assert torch.allclose(asked.scores[7], explicit.scores[7], atol=1e-5)
+    assert torch.allclose(asked.attn[7], explicit.attn[7], atol=1e-6)

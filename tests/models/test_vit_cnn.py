@@ -23,7 +23,7 @@ def test_vit_matches_timm_forward_features(tiny_vit: ViTEncoder, size: tuple[int
     x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(1))
     h, w = -(-size[0] // 16), -(-size[1] // 16)  # non-multiples are padded up to the next patch
     with torch.no_grad():
-        out = tiny_vit(x)
+        out = tiny_vit(x, maps="all")
         ref = tiny_vit.vit.forward_features(x)  # (B, 1 + h*w, D), class token first
     ref_map = ref[:, 1:].transpose(1, 2).reshape(2, 192, h, w)
     assert [tuple(f.shape) for f in out.features] == [(2, 192, h, w)] * 4
@@ -45,7 +45,7 @@ def test_vit_attributes_and_training_backward() -> None:
     model = vit_tiny(drop_path_rate=0.2).train()
     assert model.embed_dims == [192] * 4 and model.num_heads == [3] * 4
     assert model.output_stride == 16 and model.depths == [3, 3, 3, 3]
-    out = model(torch.randn(1, 3, 32, 48))
+    out = model(torch.randn(1, 3, 32, 48), maps=[11])
     (out.scores[-1].sum() + out.features[-1].sum()).backward()
     assert model.vit.blocks[-1].attn.qkv.weight.grad is not None
 
@@ -119,3 +119,14 @@ def test_registry() -> None:
         ValueError, match=r"unknown encoder 'mit_b9'; valid names are: .*mit_b0.*resnet18.*vit_base"
     ):
         create_encoder("mit_b9")
+
+
+def test_vit_fused_blocks_equal_the_explicit_path(tiny_vit: ViTEncoder) -> None:
+    x = torch.randn(1, 3, 48, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        explicit = tiny_vit(x, maps="all")
+        fused = tiny_vit(x, maps=[11])
+    for f, ref in zip(fused.features, explicit.features):
+        assert (f - ref).abs().max().item() < 1e-4
+    assert [i for i, s in enumerate(fused.attn) if s is not None] == [11]
+    assert torch.allclose(fused.scores[11], explicit.scores[11], atol=1e-4)
