@@ -61,6 +61,19 @@ def test_every_field_at_image_resolution(afa):
     assert a.seg_probs.shape == (4, h, w)
 
 
+def test_precision_and_seg_merge_settings(afa):
+    exact = core.analyze(afa, image(), labels=["shirt"], precision="fp32", attention=False)
+    fast = core.analyze(afa, image(), labels=["shirt"], precision="bf16", attention=False)
+    assert exact.meta["precision"] == "fp32" and fast.meta["precision"] == "bf16"
+    assert exact.meta["seg_merge"] == "max"  # the authors' test-script merge is the default
+    # bf16 passes: the same maps up to bf16 rounding (an untrained model, so no agreement target)
+    assert np.abs(exact.cam - fast.cam).max() < 0.1
+    mean = core.analyze(afa, image(), labels=["shirt"], precision="fp32", seg_merge="mean", attention=False)
+    assert mean.meta["seg_merge"] == "mean"
+    assert np.array_equal(mean.cam_label, exact.cam_label)  # the merge touches the segmentation only
+    assert not np.allclose(mean.seg_probs.astype(np.float32), exact.seg_probs.astype(np.float32))
+
+
 def test_predicted_labels_and_any_size(afa):
     for h, w in [(33, 33), (17, 200), (129, 97)]:
         a = core.analyze(afa, image(h, w), scales=(1.0, 0.5))

@@ -28,10 +28,11 @@ def test_evaluate_cli_reports_every_stage(tmp_path, tiny_scenes, capsys):
     ckpt = _checkpoint(tmp_path, tiny_scenes)
     out = tmp_path / "result.json"
     assert main(["--checkpoint", str(ckpt), "--data", str(tiny_scenes), "--split", "val", "--crf",
-                 "--limit", "2", "--out", str(out)]) == 0
+                 "--limit", "2", "--out", str(out), "--precision", "fp32"]) == 0
     result = json.loads(out.read_text())
     assert result["n_images"] == 2 and result["split"] == "val" and result["dataset_kind"] == "scenes"
     assert result["labels"] == "dense"
+    assert result["precision"] == "fp32" and result["seg_merge"] == "max"  # the authors' merge by default
     assert set(result["stages"]) == set(STAGES)
     names = class_names(load_config(TINY, [f"data.root={tiny_scenes}"]))
     for stage in STAGES:
@@ -57,6 +58,7 @@ def test_evaluate_skips_stages_a_cnn_cannot_compute(tmp_path, tiny_scenes):
     assert main([*args[:-1], str(out_train), "--labels", "train"]) == 0
     train = json.loads(out_train.read_text())
     assert train["labels"] == "train"
+    assert json.loads(out.read_text())["precision"] in ("bf16", "fp32")  # auto: what this CPU runs
     assert train["stages"]["cam_label"] == stages["cam_label"]
 
 
