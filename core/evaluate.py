@@ -1,7 +1,7 @@
 """Evaluate a checkpoint: mIoU of every pseudo-label and segmentation stage, and classification F1.
 
     python -m core.evaluate --checkpoint C.safetensors --data DATA_ROOT --split val \
-        [--crf] [--limit N] [--scales 1.0 0.5 1.5] [--dataset-kind scenes|voc|coco] --out R.json
+        [--crf] [--limit N] [--scales 1.0 0.5 1.5] [--dataset-kind scenes|voc|coco] [--per-image] --out R.json
     torchrun --nproc_per_node=N -m core.evaluate ...   (images sharded by rank, matrices summed)
 
 Each image goes through ``core.analyze`` with its ground-truth image-level labels (the classes in
@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 from core import distributed as ddp
+from core.method.metrics import ConfusionMatrix, multilabel_f1
 from core.precision import PRECISIONS, resolve_precision
 from core.runstate import UserError, user_error_types
 
@@ -39,15 +42,101 @@ def _to_numpy(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
+@dataclass
+class ImageEvaluation:
+    """One image's scores: a confusion matrix per stage the model computed (against its mask),
+    its ground-truth foreground class ids, the classifier's probabilities and its F1."""
+
+    index: int
+    name: str
+    present: list[int]
+    scores: np.ndarray  # (C-1,) sigmoid probabilities
+    cls_f1: float
+    confusions: dict[str, ConfusionMatrix]
+    seconds: float
+
+
+def score_stages(analysis: Any, gt: np.ndarray, num_classes: int,
+                 ignore_index: int = 255) -> dict[str, ConfusionMatrix]:
+    """One confusion matrix per label stage of ``analysis`` (``core.analyze.Analysis``) against
+    the ground truth ``gt`` ``(H, W)``; stages the model did not compute are left out."""
+    out = {}
+    for stage in STAGES:
+        pred = getattr(analysis, stage, None)
+        if pred is not None:
+            out[stage] = ConfusionMatrix(num_classes, ignore_index).update(np.asarray(pred), gt)
+    return out
+
+
+def evaluate_images(model: torch.nn.Module, dataset: Any, cfg: dict, indices: list[int] | None = None,
+                    crf: bool = False, scales: list[float] | None = None, labels: str = "dense",
+                    precision: str = "auto") -> Iterator[ImageEvaluation]:
+    """Analyse the images ``indices`` (default: all) of ``dataset`` one at a time, each with its
+    ground-truth image-level labels (the classes in its mask), and yield its ``ImageEvaluation``.
+    Summing the confusion matrices over images gives the dataset's (``evaluate_model``).
+    ``labels``, ``precision``: see ``evaluate_model``."""
+    if labels not in ("dense", "train"):
+        raise ValueError(f"labels must be dense or train, got {labels!r}")
+    from core.analyze import analyze
+
+    num_classes = int(cfg["model"]["num_classes"])
+    ignore = int(cfg["data"]["ignore_index"])
+    if len(model.classes) != num_classes:
+        raise ValueError(f"the model has {len(model.classes)} classes but model.num_classes is {num_classes}")
+    if getattr(model, "meta", None) is None:  # analyze reads the method settings from model.meta
+        model.meta = {"config": cfg}
+    scales = tuple(scales or cfg["cam"]["scales"])
+    for index in range(len(dataset)) if indices is None else indices:
+        start = time.perf_counter()
+        sample = dataset[index]
+        gt = _to_numpy(sample["mask"]).astype(np.int64)
+        present = sorted(int(c) for c in np.unique(gt) if 0 < c < num_classes)
+        # the ground-truth image-level labels (as class ids; analyze also takes names)
+        result = analyze(model, _to_uint8_hwc(sample["image_raw"]), labels=present, scales=scales,
+                         crf=crf, attention=False, dense=labels == "dense", precision=precision,
+                         seg_merge=cfg["infer"]["seg_merge"])
+        truth = np.zeros(num_classes - 1, dtype=np.float32)
+        truth[[c - 1 for c in present]] = 1.0
+        probs = np.asarray(result.scores, dtype=np.float32)
+        yield ImageEvaluation(
+            index=int(index),
+            name=str(sample.get("name", index)),
+            present=present,
+            scores=probs,
+            cls_f1=multilabel_f1((probs > 0.5).astype(np.float32), truth),
+            confusions=score_stages(result, gt, num_classes, ignore),
+            seconds=time.perf_counter() - start,
+        )
+
+
+def image_entry(ev: ImageEvaluation, names: list[str]) -> dict[str, Any]:
+    """The JSON form of one image's evaluation (``--per-image``): per stage its mIoU, the IoU of
+    every class it defines (present in the mask or predicted) and its confusion matrix
+    (``confusion[g][p]`` pixels of true class g predicted p; ``unpredicted[g]``: pixels of class g
+    given no class id), so dataset scores can be recomputed on any subset (e.g. a bootstrap)."""
+    stages = {}
+    for stage, cm in ev.confusions.items():
+        d = cm.as_dict(names)
+        stages[stage] = {
+            "miou": d["miou"],
+            "per_class": {k: v for k, v in d["per_class"].items() if v is not None},
+            "confusion": cm.matrix.tolist(),
+            "unpredicted": cm.unpredicted.tolist(),
+        }
+    return {"labels": [names[c] for c in ev.present], "cls_f1": ev.cls_f1, "stages": stages}
+
+
 def evaluate_model(model: torch.nn.Module, dataset: Any, cfg: dict, limit: int | None = None,
                    crf: bool = False, rank: int = 0, world_size: int = 1,
                    scales: list[float] | None = None, progress: bool = False,
-                   labels: str = "dense", precision: str = "auto") -> dict[str, Any]:
+                   labels: str = "dense", precision: str = "auto",
+                   per_image: bool = False) -> dict[str, Any]:
     """Evaluate ``model`` (unwrapped, any device) on the first ``limit`` samples of ``dataset``.
 
     Rank ``r`` of ``world_size`` analyses every ``world_size``-th image; confusion matrices, F1 sums
     and counts are summed over ranks, so every rank returns the same dict:
-    ``{"n_images", "stages": {stage: {"miou", "per_class"}}, "cls_f1", "seconds", "images_per_s"}``.
+    ``{"n_images", "stages": {stage: {"miou", "per_class"}}, "cls_f1", "seconds", "images_per_s"}``,
+    and with ``per_image`` also ``"per_image": {name: image_entry(...)}``.
     Stages the model cannot compute (``None`` in the analysis) are left out.
     ``labels``: "dense" scores ``par_label`` / ``rw_*_label`` made with the single background
     score ``cam.bg_thresh`` (every pixel labelled, like ``cam_label``); "train" scores the training
@@ -55,57 +144,37 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, cfg: dict, limit: int |
     ``precision``: of the model passes (``core.analyze``); the segmentation scales are merged as
     ``cfg['infer']['seg_merge']`` says.
     """
-    if labels not in ("dense", "train"):
-        raise ValueError(f"labels must be dense or train, got {labels!r}")
-    from core.analyze import analyze
-    from core.method.metrics import ConfusionMatrix, multilabel_f1
-
     num_classes = int(cfg["model"]["num_classes"])
     ignore = int(cfg["data"]["ignore_index"])
     names = list(model.classes)
-    if len(names) != num_classes:
-        raise ValueError(f"the model has {len(names)} classes but model.num_classes is {num_classes}")
-    if getattr(model, "meta", None) is None:  # analyze reads the method settings from model.meta
-        model.meta = {"config": cfg}
-    scales = tuple(scales or cfg["cam"]["scales"])
     total = len(dataset) if limit is None else min(int(limit), len(dataset))
     mine = ddp.shard(list(range(total)), rank, world_size)
     matrices = {stage: ConfusionMatrix(num_classes, ignore) for stage in STAGES}
     # per stage: images that produced it; then F1 sum and the number of images
     counts = torch.zeros(len(STAGES) + 2, dtype=torch.float64)
+    entries: dict[str, Any] = {}
 
-    was_training = model.training
-    model.eval()
     start = time.perf_counter()
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
         bar = tqdm(total=len(mine), desc="evaluate", disable=not sys.stderr.isatty())
     try:
-        for index in mine:
-            sample = dataset[index]
-            gt = _to_numpy(sample["mask"]).astype(np.int64)
-            present = sorted(int(c) for c in np.unique(gt) if 0 < c < num_classes)
-            # the ground-truth image-level labels (as class ids; analyze also takes names)
-            result = analyze(model, _to_uint8_hwc(sample["image_raw"]), labels=present, scales=scales,
-                             crf=crf, attention=False, dense=labels == "dense", precision=precision,
-                             seg_merge=cfg["infer"]["seg_merge"])
+        for ev in evaluate_images(model, dataset, cfg, mine, crf=crf, scales=scales, labels=labels,
+                                  precision=precision):
             for i, stage in enumerate(STAGES):
-                pred = getattr(result, stage, None)
-                if pred is not None:
-                    matrices[stage].update(np.asarray(pred), gt)
+                if stage in ev.confusions:
+                    matrices[stage].merge(ev.confusions[stage])
                     counts[i] += 1
-            truth = np.zeros((1, num_classes - 1), dtype=np.float32)
-            truth[0, [c - 1 for c in present]] = 1.0
-            pred_cls = (np.asarray(result.scores, dtype=np.float32) > 0.5).astype(np.float32)[None]
-            counts[-2] += multilabel_f1(pred_cls, truth)
+            counts[-2] += ev.cls_f1
             counts[-1] += 1
+            if per_image:
+                entries[ev.name] = image_entry(ev, names)
             if bar is not None:
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-        model.train(was_training)
 
     for stage in STAGES:
         matrices[stage].all_reduce()
@@ -116,7 +185,7 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, cfg: dict, limit: int |
     for i, stage in enumerate(STAGES):
         if counts[i] > 0:
             stages[stage] = matrices[stage].as_dict(names)  # miou, pixel_accuracy, per_class
-    return {
+    out = {
         "n_images": n_images,
         "labels": labels,
         "precision": resolve_precision(precision, next(model.parameters()).device).name,
@@ -126,6 +195,9 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, cfg: dict, limit: int |
         "seconds": seconds,
         "images_per_s": n_images / seconds if seconds > 0 else None,
     }
+    if per_image:
+        out["per_image"] = {k: v for part in ddp.gather_json(entries) for k, v in part.items()}
+    return out
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:
@@ -169,6 +241,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seg-merge", choices=["max", "mean"], default=None,
                    help="combine the segmentation scales by the max at stride 4 (the authors', "
                         "default: the checkpoint's infer.seg_merge) or the mean at image size")
+    p.add_argument("--per-image", action="store_true",
+                   help="add a per_image section: per image and stage its mIoU, class IoUs and "
+                        "confusion matrix")
     p.add_argument("--out", default=None, help="write the JSON here (printed to stdout otherwise)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p.parse_args(argv)
@@ -201,7 +276,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = load_model(args.checkpoint, device=device)
     result = evaluate_model(model, dataset, cfg, limit=args.limit, crf=args.crf, rank=info.rank,
                             world_size=info.world_size, scales=args.scales, progress=True,
-                            labels=args.labels, precision=args.precision)
+                            labels=args.labels, precision=args.precision,
+                            per_image=args.per_image)
     return {"checkpoint": str(args.checkpoint), "data": str(root), "split": args.split, "dataset_kind": kind,
             "crf": bool(args.crf), **result}
 

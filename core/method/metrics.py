@@ -39,6 +39,19 @@ class ConfusionMatrix:
         self.matrix = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
         self.unpredicted = np.zeros(self.num_classes, dtype=np.int64)
 
+    @classmethod
+    def from_counts(cls, matrix: Any, unpredicted: Any = None, ignore_index: int = 255) -> ConfusionMatrix:
+        """A matrix holding saved counts: ``matrix`` ``(C, C)`` and ``unpredicted`` ``(C,)``
+        (e.g. an image's entry in ``python -m core.evaluate --per-image``)."""
+        counts = np.asarray(matrix, dtype=np.int64)
+        if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
+            raise ValueError(f"a confusion matrix is square, got shape {counts.shape}")
+        out = cls(counts.shape[0], ignore_index)
+        out.matrix[:] = counts
+        if unpredicted is not None:
+            out.unpredicted[:] = np.asarray(unpredicted, dtype=np.int64)
+        return out
+
     def reset(self) -> None:
         self.matrix[:] = 0
         self.unpredicted[:] = 0

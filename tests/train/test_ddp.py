@@ -45,7 +45,7 @@ def test_two_process_training_keeps_replicas_identical(ddp_run):
 @pytest.mark.slow
 def test_sharded_evaluation_equals_single_process(ddp_run, tiny_scenes, tmp_path):
     ckpt = ddp_run / "checkpoint.safetensors"
-    common = ["--checkpoint", str(ckpt), "--data", str(tiny_scenes), "--limit", "3"]
+    common = ["--checkpoint", str(ckpt), "--data", str(tiny_scenes), "--limit", "3", "--per-image"]
     proc = _torchrun("-m", "core.evaluate", *common, "--out", str(tmp_path / "ddp.json"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     from core.evaluate import main
@@ -55,3 +55,4 @@ def test_sharded_evaluation_equals_single_process(ddp_run, tiny_scenes, tmp_path
     b = json.loads((tmp_path / "one.json").read_text())
     assert a["n_images"] == b["n_images"] == 3
     assert a["stages"] == b["stages"] and a["cls_f1"] == b["cls_f1"]
+    assert len(a["per_image"]) == 3 and a["per_image"] == b["per_image"]  # gathered from both ranks

@@ -10,6 +10,7 @@ import torch
 from core.config import load_config
 from core.data import class_names
 from core.evaluate import STAGES, infer_dataset_kind, main
+from core.method.metrics import ConfusionMatrix
 from core.models.registry import create_model
 from core.runstate import save_model_checkpoint
 
@@ -28,7 +29,7 @@ def test_evaluate_cli_reports_every_stage(tmp_path, tiny_scenes, capsys):
     ckpt = _checkpoint(tmp_path, tiny_scenes)
     out = tmp_path / "result.json"
     assert main(["--checkpoint", str(ckpt), "--data", str(tiny_scenes), "--split", "val", "--crf",
-                 "--limit", "2", "--out", str(out), "--precision", "fp32"]) == 0
+                 "--limit", "2", "--out", str(out), "--precision", "fp32", "--per-image"]) == 0
     result = json.loads(out.read_text())
     assert result["n_images"] == 2 and result["split"] == "val" and result["dataset_kind"] == "scenes"
     assert result["labels"] == "dense"
@@ -42,6 +43,20 @@ def test_evaluate_cli_reports_every_stage(tmp_path, tiny_scenes, capsys):
     assert 0.0 <= result["cls_f1"] <= 1.0
     assert result["seconds"] > 0 and result["images_per_s"] > 0
     assert "cam_label" in json.loads(capsys.readouterr().out)["miou"]
+    # --per-image: the images' confusion matrices sum to the dataset's scores
+    per_image = result["per_image"]
+    assert len(per_image) == 2
+    for stage in STAGES:
+        total = ConfusionMatrix(len(names))
+        for entry in per_image.values():
+            image = entry["stages"][stage]
+            one = ConfusionMatrix.from_counts(image["confusion"], image["unpredicted"])
+            assert image["miou"] == pytest.approx(one.miou())
+            assert set(image["per_class"]) == {n for n, v in zip(names, one.iou()) if v == v}
+            total.merge(one)
+        assert total.as_dict(names) == result["stages"][stage]
+    for entry in per_image.values():
+        assert set(entry["labels"]) <= set(names[1:]) and 0.0 <= entry["cls_f1"] <= 1.0
 
 
 @pytest.mark.slow
