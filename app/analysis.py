@@ -25,7 +25,6 @@ log = logging.getLogger("afa_app")
 # Long side images are analysed at (set by app.ui.build_app: 512 locally, 384 in public mode, where
 # a CPU Space analyses a 512 px image in 15-30 s; AFA_APP_MAX_SIDE overrides both).
 MAX_SIDE = int(os.environ.get("AFA_APP_MAX_SIDE", "512"))
-SCALES = (1.0, 0.5, 1.5)
 
 
 def new_session(source: Any, afa_id: str, cnn_id: str | None, crf: bool) -> Session:
@@ -53,18 +52,14 @@ def analyse(session: Session, which: str, labels: tuple[str, ...] | None) -> tup
     if info is None or session.image is None:
         return None, None
     crf = session.crf and which == "afa"
-    key = analysis_key(session.image_hash, info.path, labels, SCALES, crf)
+    key = analysis_key(session.image_hash, info.path, labels, crf)
 
     def compute():
-        plain = (
-            ANALYSES.get(analysis_key(session.image_hash, info.path, labels, SCALES, False)) if crf else None
-        )
+        plain = ANALYSES.get(analysis_key(session.image_hash, info.path, labels, False)) if crf else None
         if plain is not None:  # the CRF works from the cached probabilities: no model call
             return BACKEND.add_crf(plain)
         model = BACKEND.load_model(info.path)
-        return BACKEND.analyze(
-            model, session.image, list(labels) if labels is not None else None, SCALES, crf
-        )
+        return BACKEND.analyze(model, session.image, list(labels) if labels is not None else None, crf)
 
     analysis, _ = ANALYSES.get_or_compute(key, compute)
     return analysis, key
@@ -107,7 +102,7 @@ def cached(session: Session, which: str) -> Any:
         return None
     analysis = ANALYSES.get(key)
     if analysis is None:
-        labels = key[2]
+        labels = key[2]  # as analysis_key holds them
         analysis, _ = analyse(session, which, labels)
     return analysis
 

@@ -100,10 +100,11 @@ class CoreBackend:
                 self._load_locks.pop(key, None)
             return model
 
-    def analyze(self, model, image, labels, scales, crf):
+    def analyze(self, model, image, labels, crf):
+        """``core.analyze`` at the checkpoint's own CAM scales."""
         import core
 
-        return core.analyze(model, image, labels=labels, scales=scales, crf=crf)
+        return core.analyze(model, image, labels=labels, crf=crf)
 
     def add_crf(self, analysis):
         import core
@@ -127,20 +128,24 @@ class CoreBackend:
             return False
 
     def discover(self, include_runs: bool = True) -> list[CheckpointInfo]:
-        """Checkpoints in the checkpoint folders and the runs' ``checkpoint.safetensors``."""
+        """Checkpoints in the checkpoint folders and the runs' model checkpoints."""
+        from core.errors import UserError
+        from core.runstate import CHECKPOINT_FILE, STATE_FILE
+
         paths = [p for d in checkpoint_dirs() for p in sorted(d.glob("*.safetensors"))]
         if include_runs:
-            paths += sorted(runs_dir().glob("*/checkpoint.safetensors"))
+            paths += sorted(runs_dir().glob(f"*/{CHECKPOINT_FILE}"))
         found = []
         for path in paths:
-            if path.name.startswith(".") or path.name.endswith(".train.safetensors"):
-                continue
-            if path.name.startswith("train_state"):
+            if path.name.startswith(".") or path.name == STATE_FILE:
                 continue
             try:
                 meta = self.read_meta(path)
-            except Exception as exc:  # noqa: BLE001 - one bad file must not hide the others
+            except UserError as exc:  # one bad file must not hide the others
                 log.warning("skipping checkpoint %s: %s", path, exc)
+                continue
+            except Exception:  # noqa: BLE001 - a bug: logged with its traceback, the others still listed
+                log.exception("internal error reading checkpoint %s", path)
                 continue
             if (meta.get("data") or {}).get("encoder_only"):
                 continue  # pretrained encoder weights (for model.pretrained), not a model to analyse with
@@ -158,17 +163,21 @@ def checkpoint_id(path: Path, root: Path = ROOT) -> str:
 
 
 def describe_checkpoint(path: Path, meta: dict, root: Path = ROOT) -> CheckpointInfo:
+    """The picker's entry of a checkpoint: its name, encoder, step and headline mIoU (core's rule)."""
+    from core.evaluate import headline_miou
+    from core.runstate import CHECKPOINT_FILE
+
     model_cfg = meta.get("model", {}) if isinstance(meta.get("model"), dict) else {}
     kind = str(model_cfg.get("name", "afa"))
     rel = checkpoint_id(path, root)
-    stem = path.parent.name if path.name == "checkpoint.safetensors" else path.stem
-    parts = [stem, str(model_cfg.get("backbone", "?"))]
+    in_run = path.name == CHECKPOINT_FILE  # a run folder's: named after the run
+    parts = [path.parent.name if in_run else path.stem, str(model_cfg.get("backbone", "?"))]
     if meta.get("step"):
         parts.append(f"step {meta['step']}")
-    miou = _headline_miou(meta.get("metrics"))
-    if miou is not None:
-        parts.append(f"mIoU {miou:.1f}")
-    if path.name == "checkpoint.safetensors":
+    headline = headline_miou((meta.get("metrics") or {}).get("miou"))
+    if headline is not None:
+        parts.append(f"mIoU {100 * headline[1]:.1f} ({headline[0]})")
+    if in_run:
         parts.append("run")
     return CheckpointInfo(
         id=rel,
@@ -178,19 +187,6 @@ def describe_checkpoint(path: Path, meta: dict, root: Path = ROOT) -> Checkpoint
         classes=tuple(meta.get("classes", ())),
         meta=meta,
     )
-
-
-def _headline_miou(metrics: Any) -> float | None:
-    """The first mIoU-like number in the checkpoint's metrics (shown in the picker label only)."""
-    if not isinstance(metrics, dict):
-        return None
-    for key in ("miou", "seg_miou", "val_miou", "mIoU"):
-        value = metrics.get(key)
-        if isinstance(value, dict):
-            value = next((v for v in value.values() if isinstance(v, (int, float))), None)
-        if isinstance(value, (int, float)):
-            return float(value) * (100.0 if value <= 1.0 else 1.0)
-    return None
 
 
 BACKEND = CoreBackend()

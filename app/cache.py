@@ -1,7 +1,8 @@
 """A process-wide LRU cache of analyses, bounded in entries and in bytes.
 
 Keys are built by :func:`analysis_key` from the image content, the checkpoint (path, mtime, size)
-and the analysis settings, so a retrained checkpoint or different labels never hit a stale entry.
+and the analysis settings, so a retrained checkpoint or different labels never hit a stale entry
+(the CAM scales are the checkpoint's own: its fingerprint covers them).
 """
 
 from __future__ import annotations
@@ -41,17 +42,10 @@ def analysis_key(
     image_hash: str,
     checkpoint: str | os.PathLike,
     labels: tuple[str, ...] | None,
-    scales: tuple[float, ...],
     crf: bool,
 ) -> tuple:
     labels_part = None if labels is None else tuple(sorted(labels))
-    return (
-        image_hash,
-        checkpoint_fingerprint(checkpoint),
-        labels_part,
-        tuple(float(s) for s in scales),
-        bool(crf),
-    )
+    return (image_hash, checkpoint_fingerprint(checkpoint), labels_part, bool(crf))
 
 
 def nbytes_of(obj: Any, _depth: int = 0) -> int:

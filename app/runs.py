@@ -1,5 +1,5 @@
 """The run manager: start ``core.train`` as a separate process, stop it, resume it, and read
-the run folders it writes (``status.json``, ``metrics.jsonl``, ``samples/latest.npz``).
+the run folders it writes (their file names, resumability and headline mIoU come from core).
 
 One run per device at a time: a lock file ``runs/.lock-<device>.json`` holds the pid of the
 running trainer; a second Start is refused while that pid is alive. A run whose status says
@@ -22,11 +22,24 @@ from typing import Any
 
 import numpy as np
 
+from core.checkpoint import read_meta
+from core.config import load_config
+from core.data import class_names
 from core.errors import UserError
+from core.evaluate import headline_miou
+from core.runstate import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    SAMPLES_FILE,
+    STATUS_FILE,
+    can_resume,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TERMINAL_STATES = ("finished", "stopped", "failed")
+LOG_FILE = "train.log"  # the trainer's console output, written by the app that started it
 
 
 class RunError(UserError):
@@ -44,9 +57,9 @@ class RunInfo:
     pid: int | None = None
     updated: float = 0.0
     last_loss: float | None = None
-    best_miou: float | None = None
+    best_miou: tuple[str, float] | None = None  # (stage, fraction) of core.evaluate.headline_miou
     has_checkpoint: bool = False
-    can_resume: bool = False
+    can_resume: bool = False  # core.runstate.can_resume, and not finished or still active
     status: dict = field(default_factory=dict)
 
     @property
@@ -209,7 +222,7 @@ class RunManager:
     def _spawn(self, run: str, args: list[str]) -> int:
         run_dir = self.run_dir(run)
         run_dir.mkdir(parents=True, exist_ok=True)
-        log_file = open(run_dir / "train.log", "ab")
+        log_file = open(run_dir / LOG_FILE, "ab")
         log_file.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(args)}\n".encode())
         log_file.flush()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -267,7 +280,7 @@ class RunManager:
             if info.state == "finished":
                 raise RunError(f"Run '{name}' has finished; start a new run to train longer.")
             if not info.can_resume:
-                raise RunError(f"Run '{name}' saved no training state yet, so it cannot be resumed.")
+                raise RunError(f"Run '{name}' saved no training state that can be resumed.")
             self._acquire(name)
             rel = run_dir.relative_to(self.root) if run_dir.is_relative_to(self.root) else run_dir
             self._spawn(name, ["--resume", str(rel)])
@@ -299,7 +312,7 @@ class RunManager:
     # ---------------------------------------------------------------- reading
     def info(self, name: str) -> RunInfo:
         run_dir = self.run_dir(name)
-        status = read_json(run_dir / "status.json") or {}
+        status = read_json(run_dir / STATUS_FILE) or {}
         holder = read_json(self.lock_path) or {}
         proc = self._procs.get(name)
         pid = status.get("pid") or (holder.get("pid") if holder.get("run") == name else None)
@@ -318,7 +331,7 @@ class RunManager:
             )
         elif not status and alive:
             state = "starting"
-        elif not status and (run_dir / "train.log").exists() and not alive:
+        elif not status and (run_dir / LOG_FILE).exists() and not alive:
             state, message = "failed", "The trainer exited before writing its status; see train.log."
         elif state in TERMINAL_STATES and alive:
             state = "stopping"
@@ -336,18 +349,16 @@ class RunManager:
             max_iters=int(status.get("max_iters") or 0),
             message=message,
             pid=pid,
-            updated=float(status.get("updated") or _mtime(run_dir / "status.json")),
+            updated=float(status.get("updated") or _mtime(run_dir / STATUS_FILE)),
             status=status,
-            has_checkpoint=(run_dir / "checkpoint.safetensors").is_file(),
-            can_resume=(run_dir / "train_state.safetensors").is_file()
-            or (run_dir / "train_state.json").is_file(),
+            has_checkpoint=(run_dir / CHECKPOINT_FILE).is_file(),
         )
-        records = read_metrics(run_dir / "metrics.jsonl")
+        info.can_resume = not info.active and state != "finished" and can_resume(run_dir)
+        records = read_metrics(run_dir / METRICS_FILE)
         losses = [r["loss"] for r in records if r.get("kind", "train") == "train" and _number(r.get("loss"))]
         info.last_loss = float(losses[-1]) if losses else None
-        mious = [_headline(r.get("miou")) for r in records if r.get("kind") == "eval"]
-        mious = [m for m in mious if m is not None]
-        info.best_miou = max(mious) if mious else None
+        mious = [headline_miou(r.get("miou")) for r in records if r.get("kind") == "eval"]
+        info.best_miou = max((m for m in mious if m is not None), key=lambda m: m[1], default=None)
         return info
 
     def list_runs(self) -> list[RunInfo]:
@@ -369,12 +380,28 @@ class RunManager:
         except RunError:
             return None
 
+    def class_names(self, name: str) -> list[str] | None:
+        """The run's class names, background first: its checkpoint's, else its dataset's (as core
+        reads them from the run's config); None while neither can be read."""
+        run_dir = self.run_dir(name)
+        try:
+            return list(read_meta(run_dir / CHECKPOINT_FILE)["classes"])
+        except UserError:
+            pass  # no checkpoint yet, or one being written
+        try:
+            cfg = load_config(run_dir / CONFIG_FILE)
+            root = Path(cfg["data"]["root"])
+            cfg["data"]["root"] = str(root if root.is_absolute() else self.root / root)  # the trainer's cwd
+            return class_names(cfg)
+        except UserError:
+            return None
+
     def metrics(self, name: str) -> list[dict]:
-        return read_metrics(self.run_dir(name) / "metrics.jsonl")
+        return read_metrics(self.run_dir(name) / METRICS_FILE)
 
     def samples(self, name: str) -> dict[str, np.ndarray] | None:
         """``samples/latest.npz`` as arrays, or None while it is missing or being rewritten."""
-        path = self.run_dir(name) / "samples" / "latest.npz"
+        path = self.run_dir(name) / SAMPLES_FILE
         try:
             with np.load(path, allow_pickle=False) as data:
                 return {key: data[key] for key in data.files}
@@ -382,7 +409,7 @@ class RunManager:
             return None
 
     def log_tail(self, name: str, lines: int = 30, max_bytes: int = 20000) -> str:
-        path = self.run_dir(name) / "train.log"
+        path = self.run_dir(name) / LOG_FILE
         try:
             with open(path, "rb") as fh:
                 fh.seek(0, os.SEEK_END)
@@ -397,14 +424,7 @@ class RunManager:
         """Changes whenever something the Train tab shows may have changed."""
         run_dir = self.run_dir(name)
         return tuple(
-            _mtime(run_dir / f)
-            for f in (
-                "status.json",
-                "metrics.jsonl",
-                "samples/latest.npz",
-                "train.log",
-                "checkpoint.safetensors",
-            )
+            _mtime(run_dir / f) for f in (STATUS_FILE, METRICS_FILE, SAMPLES_FILE, LOG_FILE, CHECKPOINT_FILE)
         )
 
     def prune(self, keep: int) -> list[str]:
@@ -428,17 +448,3 @@ def _mtime(path: Path) -> float:
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
-
-
-def _headline(miou: Any) -> float | None:
-    """The best value in an eval line's ``miou`` (a number or ``{stage: value}``), in percent."""
-    if _number(miou):
-        values = [miou]
-    elif isinstance(miou, dict):
-        values = [v for v in miou.values() if _number(v)]
-    else:
-        return None
-    if not values:
-        return None
-    best = max(float(v) for v in values)
-    return best * 100.0 if best <= 1.0 else best

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import html
 import logging
-import re
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -19,18 +16,22 @@ from app import plots, render
 from app.backend import BACKEND, checkpoint_id
 from app.checkpoints import CHECKPOINTS
 from app.errors import guarded
-from app.runs import ROOT, RunInfo, RunManager
+from app.runs import RunInfo, RunManager
+from app.train_form import (
+    PUBLIC_LIMITS,
+    TrainForm,
+    build_overrides,
+    dataset_choices,
+    encoder_choices,
+    new_run_name,
+)
 from app.wiring import bind, connect, outputs
+from core import catalog
 from core.errors import UserError
+from core.runstate import CHECKPOINT_FILE
 
 log = logging.getLogger("afa_app")
 
-TRANSFORMER_ENCODERS = ("mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5")
-CNN_ENCODERS = ("resnet10t", "resnet18", "resnet50")
-PUBLIC_ENCODERS = ("mit_b0", "resnet10t", "resnet18")
-DATASETS = ("scenes", "voc", "coco", "folder")
-MODES = ("afa", "cam", "supervised")
-PUBLIC_LIMITS = {"iters": 300, "batch": 4, "crop": 128}
 PUBLIC_KEEP_RUNS = 8
 TRAIN_VIEWS = (
     "train_status",
@@ -41,130 +42,12 @@ TRAIN_VIEWS = (
     "log",
     "runs_table",
     "run_pick",
+    "resume_btn",
     "signature",
 )
 RUN_COLUMNS = ["run", "state", "progress", "last loss", "best mIoU", "checkpoint", "updated"]
 
 MANAGER = RunManager()
-
-
-@dataclass
-class TrainForm:
-    """The Train tab's settings, as typed by the user."""
-
-    name: str = ""
-    dataset: str = "scenes"
-    data_root: str = ""
-    encoder: str = "mit_b0"
-    mode: str = "afa"
-    iters: int = 2000
-    batch: int = 4
-    crop: int = 256
-    w_seg: float = 0.1
-    w_aff: float = 0.1
-    w_reg: float = 0.01
-    use_par: bool = True
-    use_aff: bool = True
-    use_reg: bool = True
-    seed: int = 0
-    eval_every: int = 500
-
-
-def build_overrides(form: TrainForm, public: bool, root: Path = ROOT) -> tuple[str, list[str], list[str]]:
-    """``(config path, key=value overrides, notes)`` for ``python -m core.train``.
-
-    Public mode: scenes only, small encoders, and iterations / batch / crop capped."""
-    notes: list[str] = []
-    dataset = form.dataset if form.dataset in DATASETS else "scenes"
-    if public and dataset != "scenes":
-        raise UserError("This public demo trains on the scenes benchmark only.")
-    config = f"core/configs/{dataset}.yaml"
-    if not (root / config).is_file():
-        raise UserError(f"There is no config for the {dataset} dataset ({config}).")
-    encoders = PUBLIC_ENCODERS if public else TRANSFORMER_ENCODERS + CNN_ENCODERS
-    if form.encoder not in encoders:
-        raise UserError(
-            f"Encoder {form.encoder!r} is not available here; choose one of {', '.join(encoders)}."
-        )
-    iters, batch, crop = int(form.iters), int(form.batch), int(form.crop)
-    if public:
-        for key, value in (("iters", iters), ("batch", batch), ("crop", crop)):
-            if value > PUBLIC_LIMITS[key]:
-                notes.append(f"{key} capped at {PUBLIC_LIMITS[key]} in the public demo")
-        iters, batch = min(iters, PUBLIC_LIMITS["iters"]), min(batch, PUBLIC_LIMITS["batch"])
-        crop = min(crop, PUBLIC_LIMITS["crop"])
-    if iters < 1 or batch < 1:
-        raise UserError("Iterations and batch size must be at least 1.")
-    if crop < 32 or crop % 16:
-        raise UserError("The crop size must be a multiple of 16, at least 32.")
-    for label, weight in (
-        ("segmentation", form.w_seg),
-        ("affinity", form.w_aff),
-        ("regularisation", form.w_reg),
-    ):
-        if not 0.0 <= float(weight) <= 10.0:
-            raise UserError(f"The {label} loss weight must be between 0 and 10.")
-    cnn = form.encoder in CNN_ENCODERS
-    mode = "cam" if cnn else (form.mode if form.mode in MODES else "afa")
-    if cnn and form.mode != "cam":
-        notes.append("a CNN trains the classification branch only (mode cam)")
-    eval_every = max(1, min(int(form.eval_every or iters), iters))
-    overrides = [
-        f"model.name={'cnn_cam' if cnn else 'afa'}",
-        f"model.backbone={form.encoder}",
-        f"train.mode={mode}",
-        f"train.max_iters={iters}",
-        f"train.batch_size={batch}",
-        f"data.crop_size={crop}",
-        f"loss.seg={float(form.w_seg)}",
-        f"loss.aff={float(form.w_aff)}",
-        f"loss.reg={float(form.w_reg)}",
-        f"train.use_par={str(bool(form.use_par)).lower()}",
-        f"train.use_aff={str(bool(form.use_aff)).lower()}",
-        f"train.use_reg={str(bool(form.use_reg)).lower()}",
-        f"train.seed={int(form.seed)}",
-        f"train.eval_every={eval_every}",
-        f"train.save_every={max(1, min(250, iters // 4 or 1))}",
-        f"train.log_every={max(1, min(20, iters // 50 or 1))}",
-    ]
-    if dataset == "scenes":  # the encoder pretrained offline for this backbone, when one is shipped
-        shipped = Path("checkpoints") / f"encoder_{form.encoder}_fmnist.safetensors"
-        overrides.append(f"model.pretrained={shipped if (root / shipped).is_file() else 'null'}")
-    if form.data_root and not public and dataset != "scenes":
-        if any(c in form.data_root for c in "\n\r\0"):
-            raise UserError("The data folder path contains control characters.")
-        overrides.append(f"data.root={form.data_root.strip()}")
-    _prevalidate(config, overrides, root)
-    return config, overrides, notes
-
-
-def _prevalidate(config: str, overrides: list[str], root: Path) -> None:
-    """Let core's config loader reject bad settings now, as a message, not in a dead process."""
-    try:
-        from core.config import ConfigError, load_config
-    except ImportError:
-        return
-    try:
-        cfg = load_config(root / config, overrides)
-    except ConfigError as exc:
-        raise UserError(f"Invalid settings: {exc}") from exc
-    data_root = Path(str(cfg["data"].get("root") or ""))
-    data_root = data_root if data_root.is_absolute() else root / data_root
-    if cfg["data"].get("name") == "scenes" and not data_root.is_dir():
-        raise UserError(
-            f"The scenes dataset is not on this server ({data_root.name}/ is missing): generate it once with "
-            f"`python -m core.data.scenes --out {cfg['data']['root']}`."
-        )
-
-
-def new_run_name(form: TrainForm) -> str:
-    name = (form.name or "").strip()
-    if not name:
-        return time.strftime(f"{form.encoder}-%Y%m%d-%H%M%S")
-    name = re.sub(r"\s+", "-", name)
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", name):
-        raise UserError("A run name uses letters, digits, '-', '_' or '.', up to 64 characters.")
-    return name
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,7 +110,7 @@ def runs_table(runs: list[RunInfo]) -> list[list[Any]]:
                 r.state,
                 f"{r.step}/{r.max_iters or '?'}",
                 "" if r.last_loss is None else f"{r.last_loss:.4f}",
-                "" if r.best_miou is None else f"{r.best_miou:.1f}",
+                "" if r.best_miou is None else f"{100 * r.best_miou[1]:.1f} ({r.best_miou[0]})",
                 "yes" if r.has_checkpoint else "",
                 time.strftime("%Y-%m-%d %H:%M", time.localtime(r.updated)) if r.updated else "",
             ]
@@ -257,28 +140,8 @@ def samples_view(name: str) -> tuple[np.ndarray | None, str]:
             tiles.append(render.colorize_labels(render.fit_to(label, image.shape[:2])))
             titles.append(key.replace("_", " "))
     grid = render.tile_grid(tiles, titles, columns=1 + len(maps))
-    classes = _run_classes(name)
+    classes = MANAGER.class_names(name) or []  # unknown ids are named "class N"
     return grid, render.legend_html(classes, sorted(shown), "Classes")
-
-
-def _run_classes(name: str) -> list[str]:
-    checkpoint = MANAGER.run_dir(name) / "checkpoint.safetensors"
-    if checkpoint.is_file():
-        try:
-            return list(BACKEND.read_meta(checkpoint).get("classes", []))
-        except Exception:  # noqa: BLE001 - the file may be mid-write; names are cosmetic
-            pass
-    try:
-        import yaml
-
-        cfg = yaml.safe_load((MANAGER.run_dir(name) / "config.yaml").read_text()) or {}
-        root = ROOT / str(cfg.get("data", {}).get("root", ""))
-        classes = (root / "classes.txt").read_text().split()
-        if classes:
-            return classes
-    except Exception:  # noqa: BLE001
-        pass
-    return [f"class {i}" for i in range(256)]
 
 
 def _pick_run(selected: str | None) -> str | None:
@@ -296,16 +159,17 @@ def train_views(selected: str | None, last_signature: Any = None, force: bool = 
     """Everything the Train tab shows for one run; unchanged parts are skipped (no flicker)."""
     runs = MANAGER.list_runs()
     name = _pick_run(selected)
+    info = next((r for r in runs if r.name == name), None)
     views: dict[str, Any] = {
         "runs_table": runs_table(runs),
         "run_pick": gr.update(choices=[r.name for r in runs], value=name),
+        "resume_btn": gr.update(interactive=info is not None and info.can_resume),  # only where core can
     }
-    if name is None:
+    if info is None:
         views.update(
             progress=progress_html(None), curves=None, samples=None, samples_note="", log="", signature=None
         )
         return views
-    info = next(r for r in runs if r.name == name)
     signature = (name, info.state) + MANAGER.signature(name)
     views["progress"] = progress_html(info)
     views["signature"] = signature
@@ -419,7 +283,7 @@ def on_open_in_inspect(selected: str | None) -> dict:
     """Put the run's checkpoint into the right picker of Inspect and switch to that tab."""
     if not selected:
         raise UserError("Pick a run first.")
-    path = MANAGER.run_dir(selected) / "checkpoint.safetensors"
+    path = MANAGER.run_dir(selected) / CHECKPOINT_FILE
     if not path.is_file():
         raise UserError(f"Run '{selected}' has not saved a checkpoint yet.")
     try:
@@ -476,19 +340,17 @@ def layout(C: dict, public: bool) -> None:
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
             C["t_name"] = gr.Textbox(label="Run name", placeholder="auto", max_lines=1, max_length=64)
-            datasets = ["scenes"] if public else list(DATASETS)
-            C["t_dataset"] = gr.Dropdown(datasets, value="scenes", label="Dataset")
+            C["t_dataset"] = gr.Dropdown(dataset_choices(public), value="scenes", label="Dataset")
             C["t_root"] = gr.Textbox(
                 label="Data folder (VOC / COCO / folder datasets)",
                 max_lines=1,
                 visible=not public,
                 placeholder="config default",
             )
-            encoders = list(PUBLIC_ENCODERS) if public else list(TRANSFORMER_ENCODERS + CNN_ENCODERS)
             with gr.Row():
-                C["t_encoder"] = gr.Dropdown(encoders, value="mit_b0", label="Encoder")
+                C["t_encoder"] = gr.Dropdown(encoder_choices(public), value="mit_b0", label="Encoder")
                 C["t_mode"] = gr.Dropdown(
-                    list(MODES),
+                    list(catalog.training_modes("afa")),
                     value="afa",
                     label="Mode",
                     info="afa; cam = classification only; supervised = masks",

@@ -107,7 +107,7 @@ def analyze(
     model,
     image,
     labels=None,
-    scales=(1.0, 0.5, 1.5),
+    scales=None,
     crf: bool = False,
     seg_scales=None,
     attention: bool = True,
@@ -118,7 +118,8 @@ def analyze(
     """Every intermediate map of AFA for one RGB uint8 image ``(H, W, 3)``; see ``Analysis``.
 
     ``labels``: image-level labels as class names (or ids); None uses the classes the model
-    predicts (logit > 0). ``scales``: CAM scales (the paper's 1.0, 0.5, 1.5); the segmentation
+    predicts (logit > 0). ``scales``: CAM scales; None: the checkpoint's ``cam.scales`` (the paper's
+    1.0, 0.5, 1.5 unless it was trained with others); the segmentation
     uses ``seg_scales`` (default: the config's inference scales 1.0, 0.5, 0.75) with flips,
     merged by ``seg_merge`` (default: the config's ``infer.seg_merge``, the authors' max; see
     ``core.method.multiscale.merge_multiscale_seg``). A scale in both lists is one pass.
@@ -148,7 +149,7 @@ def analyze(
     c_cam = cfg["cam"]
     if dense:
         c_cam["high_thresh"] = c_cam["low_thresh"] = c_cam["bg_thresh"]
-    scales = tuple(float(s) for s in scales)
+    scales = tuple(float(s) for s in (c_cam["scales"] if scales is None else scales))
     if not scales or any(s <= 0 for s in scales):
         raise ValueError("scales must be a non-empty list of positive numbers")
     has_decoder = getattr(model, "decoder", None) is not None

@@ -16,6 +16,13 @@ import yaml
 
 from core.errors import UserError
 
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # core/configs/<dataset>.yaml
+# what each model (model.name) can be trained as (train.mode); the first is its default
+TRAINING_MODES: dict[str, tuple[str, ...]] = {
+    "afa": ("afa", "cam", "supervised"),  # the paper | classification only | ground-truth masks
+    "cnn_cam": ("cam",),  # the CNN CAM baseline trains the classification branch only
+}
+
 IMAGENET_MEAN_255 = [123.675, 116.28, 103.53]
 IMAGENET_STD_255 = [58.395, 57.12, 57.375]
 
@@ -214,12 +221,13 @@ def validate(cfg: dict) -> dict:
         raise ConfigError("train.batch_size must be at least 1")
     if t["max_iters"] < 1:
         raise ConfigError("train.max_iters must be at least 1")
-    if t["mode"] not in ("afa", "cam", "supervised"):
-        raise ConfigError(f"train.mode must be afa, cam or supervised, got {t['mode']!r}")
-    if m["name"] not in ("afa", "cnn_cam"):
-        raise ConfigError(f"model.name must be afa or cnn_cam, got {m['name']!r}")
-    if m["name"] == "cnn_cam" and t["mode"] != "cam":
-        raise ConfigError("model.name=cnn_cam trains the classification branch only: set train.mode=cam")
+    if m["name"] not in TRAINING_MODES:
+        raise ConfigError(f"model.name must be one of {', '.join(TRAINING_MODES)}, got {m['name']!r}")
+    modes = TRAINING_MODES[m["name"]]
+    if t["mode"] not in modes:
+        raise ConfigError(
+            f"train.mode must be {' or '.join(modes)} for model.name={m['name']}, got {t['mode']!r}"
+        )
     if not cfg["cam"]["scales"] or any(s <= 0 for s in cfg["cam"]["scales"]):
         raise ConfigError("cam.scales must be a non-empty list of positive numbers")
     if not 0.0 <= cfg["cam"]["low_thresh"] <= cfg["cam"]["high_thresh"] <= 1.0:
@@ -250,6 +258,9 @@ def validate(cfg: dict) -> dict:
         raise ConfigError(f"infer.seg_merge must be max or mean, got {cfg['infer']['seg_merge']!r}")
     if cfg["affinity"]["radius"] < 1:
         raise ConfigError("affinity.radius must be at least 1")
+    for term in ("cls", "seg", "aff", "reg"):
+        if cfg["loss"][term] < 0:
+            raise ConfigError(f"loss.{term} (a loss weight) must not be negative, got {cfg['loss'][term]}")
     return cfg
 
 

@@ -28,6 +28,7 @@ from core.precision import PRECISIONS, resolve_precision
 from core.runstate import UserError, user_error_types
 
 STAGES = ("cam_label", "par_label", "rw_mhsa_label", "rw_afa_label", "seg_label", "seg_crf_label")
+PSEUDO_LABEL_STAGES = STAGES[:4]
 
 
 def _to_uint8_hwc(image: Any) -> np.ndarray:
@@ -203,6 +204,25 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, cfg: dict, limit: int |
 def summary(result: dict[str, Any]) -> dict[str, Any]:
     """The short form that goes into metrics.jsonl and checkpoint metadata."""
     return {"miou": {stage: v["miou"] for stage, v in result["stages"].items()}, "cls_f1": result["cls_f1"]}
+
+
+def headline_miou(miou: Any) -> tuple[str, float] | None:
+    """The one mIoU that stands for an evaluation, named: ``(stage, value)`` with the value a
+    fraction, or None. ``miou`` is a ``summary``'s (``{stage: value}``) or a plain number.
+    The segmentation's (``seg_label``) where the model has a decoder, else the best pseudo-label
+    stage (a CAM-only model's)."""
+    if isinstance(miou, dict):
+        found = {k: float(v) for k, v in miou.items() if _finite_number(v)}
+        if "seg_label" in found:
+            return "seg_label", found["seg_label"]
+        pseudo = {k: v for k, v in found.items() if k in PSEUDO_LABEL_STAGES}
+        best = max(pseudo, key=pseudo.get, default=None)
+        return None if best is None else (best, pseudo[best])
+    return ("miou", float(miou)) if _finite_number(miou) else None
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
 
 
 # ---------------------------------------------------------------- command line

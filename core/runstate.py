@@ -31,6 +31,9 @@ STATE_FILE = "train_state.safetensors"
 STATE_JSON = "train_state.json"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 STATUS_FILE = "status.json"
+CONFIG_FILE = "config.yaml"  # the resolved config of the run
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples/latest.npz"  # the latest training batch and its label maps
 STATE_META_KEY = "train_state"
 STATE_FORMAT = 1
 
@@ -238,3 +241,9 @@ def write_status(run_dir: str | Path, state: str, step: int, max_iters: int, mes
         "state": state, "step": int(step), "max_iters": int(max_iters), "pid": os.getpid(),
         "message": message, "updated": time.time(),
     })
+
+
+def can_resume(run_dir: str | Path) -> bool:
+    """Whether ``python -m core.train --resume run_dir`` can continue the run: it holds a
+    training state (the one rule; ``core.train`` and the app's Resume both ask it)."""
+    return (Path(run_dir) / STATE_FILE).is_file()

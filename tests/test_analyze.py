@@ -74,6 +74,17 @@ def test_precision_and_seg_merge_settings(afa):
     assert not np.allclose(mean.seg_probs.astype(np.float32), exact.seg_probs.astype(np.float32))
 
 
+def test_cam_scales_are_the_checkpoints_own(afa):
+    afa.meta = {"config": {"cam": {"scales": [1.0, 0.75]}}}
+    try:
+        own = core.analyze(afa, image())
+        assert own.meta["scales"] == [1.0, 0.75]
+        assert core.analyze(afa, image(), scales=(1.0, 0.5, 1.5)).meta["scales"] == [1.0, 0.5, 1.5]
+    finally:
+        afa.meta = {}
+    assert core.analyze(afa, image()).meta["scales"] == [1.0, 0.5, 1.5]  # no config: the paper's
+
+
 def test_predicted_labels_and_any_size(afa):
     for h, w in [(33, 33), (17, 200), (129, 97)]:
         a = core.analyze(afa, image(h, w), scales=(1.0, 0.5))

@@ -23,12 +23,15 @@ from core.data.voc import (
     read_class_names,
 )
 
-DATASETS = ("voc", "coco", "scenes", "folder")
+TRAIN_DATASETS = ("voc", "coco", "scenes")  # with image-level labels: core.train can use them
+DATASETS = TRAIN_DATASETS + ("folder",)  # an image folder: evaluation / analysis only
 
 __all__ = [
     "COCO_CLASSES",
     "VOC_CLASSES",
     "COCODataset",
+    "DATASETS",
+    "TRAIN_DATASETS",
     "DatasetError",
     "EvalTransform",
     "ImageFolder",

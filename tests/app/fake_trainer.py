@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import save_file
 
 
 def write_json(path: Path, obj) -> None:
@@ -58,7 +59,14 @@ def main() -> int:
         )
 
     def save():
-        write_json(run_dir / "train_state.json", {"step": step, "opts": opts})
+        state = {"format": 1, "step": step, "opts": opts}
+        # what core.runstate reads to decide that a run can be resumed: its JSON in the metadata
+        save_file(
+            {"step": np.array([step])},
+            str(run_dir / "train_state.safetensors"),
+            metadata={"train_state": json.dumps(state)},
+        )
+        write_json(run_dir / "train_state.json", state)
         (run_dir / "checkpoint.safetensors").write_bytes(b"fake")
 
     print(f"fake trainer pid {os.getpid()} from step {step}", flush=True)
@@ -85,9 +93,8 @@ def main() -> int:
                 + "\n"
             )
             if step % 5 == 0:
-                metrics.write(
-                    json.dumps({"kind": "eval", "step": step, "miou": {"seg": step / max_iters}}) + "\n"
-                )
+                miou = {"cam_label": 0.9, "seg_label": step / max_iters}
+                metrics.write(json.dumps({"kind": "eval", "step": step, "miou": miou}) + "\n")
                 (run_dir / "samples").mkdir(exist_ok=True)
                 np.savez(
                     run_dir / "samples" / "latest.npz",

@@ -138,7 +138,7 @@ class FakeBackend:
     def load_model(self, path):
         return FakeModel("cnn_cam" if "cnn" in Path(path).name else "afa")
 
-    def analyze(self, model, image, labels, scales, crf):
+    def analyze(self, model, image, labels, crf):
         self.analyze_calls.append({"kind": model.kind, "labels": labels, "crf": crf})
         if self.fail_analyze is not None:
             raise self.fail_analyze

@@ -115,14 +115,12 @@ def test_analysis_size_and_keys(tmp_path):
     image = analysis.image
     ckpt = tmp_path / "m.safetensors"
     ckpt.write_bytes(b"1")
-    key = analysis_key(image_digest(image), ckpt, None, (1.0, 0.5), False)
-    assert key == analysis_key(image_digest(image.copy()), ckpt, None, (1.0, 0.5), False)
-    assert key != analysis_key(image_digest(image[::-1]), ckpt, None, (1.0, 0.5), False)
-    assert key != analysis_key(image_digest(image), ckpt, ("cat",), (1.0, 0.5), False)
-    assert key != analysis_key(image_digest(image), ckpt, None, (1.0, 0.5), True)
-    assert analysis_key("h", ckpt, ("b", "a"), (1,), False) == analysis_key(
-        "h", ckpt, ("a", "b"), (1,), False
-    )
+    key = analysis_key(image_digest(image), ckpt, None, False)
+    assert key == analysis_key(image_digest(image.copy()), ckpt, None, False)
+    assert key != analysis_key(image_digest(image[::-1]), ckpt, None, False)
+    assert key != analysis_key(image_digest(image), ckpt, ("cat",), False)
+    assert key != analysis_key(image_digest(image), ckpt, None, True)
+    assert analysis_key("h", ckpt, ("b", "a"), False) == analysis_key("h", ckpt, ("a", "b"), False)
     before = checkpoint_fingerprint(ckpt)
     time.sleep(0.01)
     ckpt.write_bytes(b"22")
@@ -151,6 +149,21 @@ def test_concurrent_misses_compute_once():
     for t in threads:
         t.join()
     assert len(calls) == 1 and sorted(hit for _, hit in results) == [False, True, True, True]
+
+
+def test_picker_label_names_the_headline_miou(tmp_path):
+    from app.backend import describe_checkpoint
+
+    metrics = {"miou": {"cam_label": 0.41, "par_label": 0.49, "seg_label": 0.196}}
+    afa = describe_checkpoint(
+        tmp_path / "afa_x.safetensors", {"model": {"backbone": "mit_b0"}, "metrics": metrics}
+    )
+    assert afa.label == "afa_x · mit_b0 · mIoU 19.6 (seg_label)"  # the segmentation's, not the first
+    cnn_metrics = {"miou": {"cam_label": 0.41, "par_label": 0.63}}
+    cnn = describe_checkpoint(
+        tmp_path / "run" / "checkpoint.safetensors", {"model": {}, "metrics": cnn_metrics}
+    )
+    assert cnn.label == "run · ? · mIoU 63.0 (par_label) · run"  # a CAM-only model: its best pseudo label
 
 
 def test_discovery_lists_models_not_encoder_weights(tmp_path, monkeypatch):

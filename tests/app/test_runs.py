@@ -85,7 +85,9 @@ def test_finished_run_metrics_samples(manager):
     manager.start("short", ["train.max_iters=10", "fake.step_time=0.01"])
     done = wait_for(lambda: manager.info("short").state == "finished" and manager.info("short"))
     assert done.step == 10 and done.progress == 1.0
-    assert done.last_loss == pytest.approx(0.1) and done.best_miou == pytest.approx(100.0)
+    assert done.last_loss == pytest.approx(0.1)
+    assert done.best_miou == ("seg_label", pytest.approx(1.0))  # the segmentation's, not the higher CAM's
+    assert not done.can_resume  # finished
     records = manager.metrics("short")
     assert sum(r["kind"] == "eval" for r in records) == 2
     samples = manager.samples("short")
@@ -119,8 +121,21 @@ def test_trainer_that_cannot_start(tmp_path):
 def test_stale_lock_is_ignored(manager):
     manager.runs_dir.mkdir(parents=True)
     manager.lock_path.write_text('{"run": "ghost", "pid": 999999999}')
-    manager.start("fresh", ["train.max_iters=2"])
-    wait_for(lambda: manager.info("fresh").state == "finished")
+    info = manager.start("fresh", ["train.max_iters=2"])  # would raise "already training" if honoured
+    assert info.name == "fresh" and info.state in ("starting", "running")
+    assert wait_for(lambda: manager.info("fresh").state == "finished")
+    assert not manager.lock_path.exists()  # released by the run, not left to the ghost
+
+
+def test_resume_only_where_core_can(manager):
+    """A run that saved no training state (only its JSON copy) cannot be resumed: core.train refuses."""
+    run = manager.runs_dir / "nostate"
+    run.mkdir(parents=True)
+    (run / "status.json").write_text('{"state": "stopped", "step": 3, "max_iters": 10}')
+    (run / "train_state.json").write_text('{"step": 3}')
+    assert manager.info("nostate").state == "stopped" and not manager.info("nostate").can_resume
+    with pytest.raises(RunError, match="no training state"):
+        manager.resume("nostate")
 
 
 def test_read_metrics_skips_partial_lines(tmp_path):

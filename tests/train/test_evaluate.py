@@ -9,7 +9,7 @@ import torch
 
 from core.config import load_config
 from core.data import class_names
-from core.evaluate import STAGES, infer_dataset_kind, main
+from core.evaluate import STAGES, headline_miou, infer_dataset_kind, main
 from core.method.metrics import ConfusionMatrix
 from core.models.registry import create_model
 from core.runstate import save_model_checkpoint
@@ -92,3 +92,11 @@ def test_dataset_kind_from_layout(tmp_path, tiny_scenes):
     (tmp_path / "coco" / "JPEGImages" / "val2014").mkdir(parents=True)
     assert infer_dataset_kind(tmp_path / "coco") == "coco"
     assert infer_dataset_kind(tmp_path, hint="coco") == "coco"
+
+
+def test_headline_miou_is_the_segmentation_else_the_best_pseudo_label():
+    afa = {"cam_label": 0.41, "par_label": 0.49, "rw_afa_label": 0.31, "seg_label": 0.2, "seg_crf_label": 0.3}
+    assert headline_miou(afa) == ("seg_label", 0.2)  # not the first (cam_label), not the highest
+    assert headline_miou({"cam_label": 0.41, "par_label": 0.63}) == ("par_label", 0.63)  # a CAM-only model
+    assert headline_miou({"cam_label": None, "par_label": float("nan")}) is None
+    assert headline_miou(0.5) == ("miou", 0.5) and headline_miou(None) is None and headline_miou(True) is None
