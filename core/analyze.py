@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import UserError
+
 
 @dataclass
 class BlockAttention:
@@ -71,7 +73,10 @@ def _method_config(model) -> dict:
 
 
 def _as_rgb_uint8(image) -> tuple[np.ndarray, list[str]]:
-    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+    """A non-empty RGB uint8 array as is; anything else through ``read_image`` (other dtypes and
+    channel counts are converted with notes; an empty array is an ``ImageReadError``)."""
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 \
+            and image.size:
         return np.ascontiguousarray(image), []
     from core.io import read_image
 
@@ -87,12 +92,12 @@ def _resolve_labels(model, labels, logits) -> tuple[np.ndarray, str, list[str]]:
         for item in labels:
             if isinstance(item, (int, np.integer)):
                 if not 1 <= int(item) < len(classes):
-                    raise ValueError(f"class id {item} is out of range 1..{len(classes) - 1}")
+                    raise UserError(f"class id {item} is out of range 1..{len(classes) - 1}")
                 ids.append(int(item))
             elif item in classes[1:]:
                 ids.append(classes.index(item))
             else:
-                raise ValueError(f"unknown class {item!r}; this model knows: {', '.join(classes[1:])}")
+                raise UserError(f"unknown class {item!r}; this model knows: {', '.join(classes[1:])}")
         if ids:
             return np.array(sorted(set(ids)), dtype=np.int64), "given", notes
         notes.append("no image-level labels given: using the predicted classes")

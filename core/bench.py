@@ -11,7 +11,6 @@ warm-up.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -19,6 +18,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+
+from core.errors import ArgumentParser, UserError, run_cli
 
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -175,7 +176,12 @@ def bench_scenes_throughput(device: torch.device, repeats: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core.bench", description=__doc__.split("\n\n")[0])
+    """Exit code 0, or 2 with one line on stderr for bad input (a bug raises with its traceback)."""
+    return run_cli(lambda: _main(argv), "python -m core.bench")
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = ArgumentParser(prog="python -m core.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the best available)")
     parser.add_argument(
@@ -186,9 +192,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run only these parts",
     )
     args = parser.parse_args(argv)
+    from core.distributed import pick_device
     from core.loading import best_device
 
-    device = torch.device(args.device) if args.device else best_device()
+    if args.repeats < 1:
+        raise UserError(f"--repeats must be at least 1, got {args.repeats}")
+    device = pick_device(args.device) if args.device else best_device()
     parts = {
         "par": bench_par,
         "analyze": bench_analyze,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -27,8 +28,13 @@ class CheckpointError(UserError, ValueError):
     """A checkpoint file that cannot be used; the message says why in one sentence."""
 
 
+# atomic_write's temporary files: ".NAME." + mkstemp's 8 random characters + ".tmp"
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Write ``path`` through ``write(tmp_path)`` then rename, so a crash leaves the old file intact."""
+    """Write ``path`` through ``write(tmp_path)`` then rename, so a crash leaves the old file intact
+    (a kill -9 can leave the hidden temporary file behind: see ``remove_stale_temp_files``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -44,6 +50,19 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         if tmp_path.exists():
             tmp_path.unlink()
     return path
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temporary files of interrupted ``atomic_write`` calls under ``folder`` (e.g. a
+    run folder after a kill -9 during a save); return them. Only call it when nothing else is
+    writing there (at the start or resume of a run)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.rglob(".*.tmp") if p.is_file() and _TEMP_NAME.match(p.name)]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -52,6 +52,9 @@ DEFAULTS: dict[str, Any] = {
         "mean": IMAGENET_MEAN_255,
         "std": IMAGENET_STD_255,
         "num_workers": 4,
+        # a training image that cannot be decoded completely (e.g. a truncated JPEG): stop with its
+        # file name, or skip it (train on the next readable image instead); never train on it
+        "on_corrupt": "stop",  # stop | skip
     },
     "optim": {
         "lr": 6.0e-5,
@@ -151,6 +154,18 @@ class ConfigError(UserError, ValueError):
     """A config that cannot be used; the message names the offending key."""
 
 
+# keys whose value counts something: an integer (2.0 is read as 2; 2.5 is refused); null stays null
+INTEGER_KEYS = (
+    "model.num_classes", "model.decoder_dim", "model.aff_blocks",
+    "data.crop_size", "data.ignore_index", "data.num_workers",
+    "optim.warmup_iters",
+    "train.max_iters", "train.batch_size", "train.cam_iters", "train.aff_label_iters", "train.seed",
+    "train.log_every", "train.eval_every", "train.save_every", "train.eval_limit", "train.tile_grid",
+    "train.stop_after",
+    "par.iters", "par.downscale", "affinity.radius", "affinity.steps",
+    "loss.reg_exact_max_pixels", "loss.reg_samples", "infer.crf.iters",
+)
+
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
@@ -210,9 +225,43 @@ def set_by_path(cfg: dict, dotted: str, value: Any) -> None:
     _merge(cfg, root)
 
 
+def get_by_path(cfg: dict, dotted: str) -> Any:
+    node: Any = cfg
+    for key in dotted.split("."):
+        node = node[key]
+    return node
+
+
+def _check_integers(cfg: dict) -> None:
+    """Every ``INTEGER_KEYS`` value is an int (or null); integer-valued floats become ints."""
+    for dotted in INTEGER_KEYS:
+        keys = dotted.split(".")
+        node = get_by_path(cfg, ".".join(keys[:-1]))
+        value = node[keys[-1]]
+        if isinstance(value, float) and value.is_integer():
+            node[keys[-1]] = value = int(value)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"config key '{dotted}' must be a whole number, got {value!r}")
+
+
 def validate(cfg: dict) -> dict:
-    """Reject combinations that cannot run; return ``cfg``."""
-    m, d, t = cfg["model"], cfg["data"], cfg["train"]
+    """Reject values and combinations that cannot run; return ``cfg``."""
+    _check_integers(cfg)
+    m, d, t, o = cfg["model"], cfg["data"], cfg["train"], cfg["optim"]
+    if not o["lr"] > 0:
+        raise ConfigError(f"optim.lr must be positive, got {o['lr']!r}")
+    if o["weight_decay"] < 0 or o["head_lr_mult"] < 0 or o["norm_lr"] < 0:
+        raise ConfigError("optim.weight_decay, optim.head_lr_mult and optim.norm_lr must not be negative")
+    if len(o["betas"]) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in o["betas"]):
+        raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {o['betas']!r}")
+    if o["warmup_iters"] < 0 or not 0 < o["warmup_ratio"] <= 1:
+        raise ConfigError("optim.warmup_iters must be >= 0 and optim.warmup_ratio in (0, 1]")
+    if t["device"] not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"train.device must be auto, cpu or cuda, got {t['device']!r}")
+    if d["on_corrupt"] not in ("stop", "skip"):
+        raise ConfigError(f"data.on_corrupt must be stop or skip, got {d['on_corrupt']!r}")
+    if d["num_workers"] < 0:
+        raise ConfigError(f"data.num_workers must be >= 0, got {d['num_workers']}")
     if m["num_classes"] < 2:
         raise ConfigError("model.num_classes must count background plus at least one class")
     if d["crop_size"] < 32 or d["crop_size"] % 16:

@@ -11,15 +11,14 @@ a prefix strip plus checks; every weight must land somewhere and every slot must
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-from core.checkpoint import save_checkpoint
+from core.checkpoint import CheckpointError, save_checkpoint
 from core.config import DEFAULTS
 from core.data.voc import VOC_CLASSES
+from core.errors import ArgumentParser, UserError, run_cli
 
 
 def _coco_classes() -> list[str]:
@@ -53,23 +52,18 @@ def convert_official_afa(
 ) -> Path:
     """Convert and verify: the result loads with ``core.load_model`` with every weight in place."""
     from core.loading import load_model
+    from core.models.encoders import load_weights_file
     from core.models.registry import create_model
 
     src = Path(src)
-    if not src.is_file():
-        raise FileNotFoundError(f"no such file: {src}")
-    try:
-        raw = torch.load(src, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling refusal becomes one sentence
-        raise ValueError(
-            f"{src.name} is not a plain PyTorch state dict that loads with weights_only=True "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-        ) from exc
+    raw = load_weights_file(src, fix="pass the .pth file saved by the authors' AFA training script")
     if not isinstance(raw, dict):
-        raise ValueError(f"{src.name} holds a {type(raw).__name__}, not a state dict")
+        raise CheckpointError(f"{src.name} holds a {type(raw).__name__}, not a state dict")
     state = official_afa_state_dict(raw)
     if "classifier.weight" not in state:
-        raise ValueError(f"{src.name} has no 'classifier.weight': not a checkpoint of the authors' AFA model")
+        raise CheckpointError(
+            f"{src.name} has no 'classifier.weight': not a checkpoint of the authors' AFA model"
+        )
     num_classes = state["classifier.weight"].shape[0] + 1
     if classes is None:
         classes = (
@@ -80,7 +74,10 @@ def convert_official_afa(
             else ["background"] + [f"class{i}" for i in range(1, num_classes)]
         )
     if len(classes) != num_classes:
-        raise ValueError(f"{len(classes)} class names given but the classifier has {num_classes - 1} classes")
+        raise UserError(
+            f"{len(classes)} class names given but the classifier of {src.name} has {num_classes - 1} "
+            f"classes plus background: --classes must list {num_classes} names, background first"
+        )
     model_cfg = {
         **DEFAULTS["model"],
         "backbone": backbone,
@@ -93,13 +90,13 @@ def convert_official_afa(
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ValueError(
+        raise CheckpointError(
             f"{src.name} does not match AFA with {backbone}: {len(missing)} missing (e.g. {missing[:3]}), "
             f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}); is --backbone right?"
         )
     for key, value in expected.items():
         if tuple(state[key].shape) != tuple(value.shape):
-            raise ValueError(
+            raise CheckpointError(
                 f"{key} has shape {tuple(state[key].shape)} in {src.name} but {tuple(value.shape)} "
                 f"in AFA with {backbone}; is --backbone right?"
             )
@@ -128,7 +125,7 @@ def export_checkpoint(
     if encoder_only:
         state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
         if not state:
-            raise ValueError(f"{Path(src).name} has no encoder weights")
+            raise CheckpointError(f"{Path(src).name} has no encoder weights")
         meta = {
             **meta,
             "data": {**(meta.get("data") or {}), "encoder_only": True, "exported_from": Path(src).name},
@@ -136,8 +133,27 @@ def export_checkpoint(
     return save_checkpoint(dst, state, meta, dtype=torch.float16 if fp16 else None)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core.convert", description=__doc__.split("\n\n")[0])
+def read_class_list(spec: str) -> list[str]:
+    """``voc``, ``coco`` or a text file with one class name a line (background first)."""
+    if spec == "voc":
+        return list(VOC_CLASSES)
+    if spec == "coco":
+        return _coco_classes()
+    path = Path(spec)
+    if not path.is_file():
+        raise UserError(f"--classes {spec}: no such file (give voc, coco, or a text file with one class "
+                        "name a line, background first)")
+    try:
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"--classes {spec} is not a readable text file of class names ({exc})") from exc
+    if len(names) < 2:
+        raise UserError(f"--classes {spec} must list background and at least one class, one a line")
+    return names
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = ArgumentParser(prog="python -m core.convert", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="kind", required=True)
     p = sub.add_parser("official-afa", help="a .pth saved by the authors' AFA training script")
     p.add_argument("src", help="the authors' checkpoint (.pth)")
@@ -154,28 +170,20 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--fp16", action="store_true", help="store floating-point weights as float16")
     e.add_argument("--encoder-only", action="store_true", help="keep only the encoder (for model.pretrained)")
     args = parser.parse_args(argv)
+    if Path(args.dst).is_dir():
+        raise UserError(f"the output {args.dst} is a folder; name the .safetensors file to write")
     if args.kind == "export":
-        try:
-            out = export_checkpoint(args.src, args.dst, fp16=args.fp16, encoder_only=args.encoder_only)
-        except (ValueError, FileNotFoundError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        print(f"wrote {out}")
-        return 0
-    classes = None
-    if args.classes == "voc":
-        classes = VOC_CLASSES
-    elif args.classes == "coco":
-        classes = _coco_classes()
-    elif args.classes:
-        classes = [line.strip() for line in Path(args.classes).read_text().splitlines() if line.strip()]
-    try:
+        out = export_checkpoint(args.src, args.dst, fp16=args.fp16, encoder_only=args.encoder_only)
+    else:
+        classes = read_class_list(args.classes) if args.classes else None
         out = convert_official_afa(args.src, args.dst, args.backbone, classes)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     print(f"wrote {out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit code 0, or 2 with one line on stderr for bad input (a bug raises with its traceback)."""
+    return run_cli(lambda: _main(argv), "python -m core.convert")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from core.config import ConfigError
+from core.errors import UserError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -39,9 +42,10 @@ def env_info() -> DistInfo:
 def pick_device(preference: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> this process's GPU when CUDA is available, else the CPU; or ``cpu`` / ``cuda``."""
     if preference not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"train.device must be auto, cpu or cuda, got {preference!r}")
+        raise UserError(f"the device must be auto, cpu or cuda, got {preference!r}")
     if preference == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device=cuda but CUDA is not available")
+        raise UserError("the device is cuda but CUDA is not available here (no GPU or no CUDA build of "
+                        "torch): use cpu or auto")
     if preference != "cpu" and torch.cuda.is_available():
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")
@@ -139,9 +143,9 @@ class EpochBatchSampler:
         self.per_rank = math.ceil(self.num_samples / world_size)
         self.batches_per_epoch = self.per_rank // self.batch_size
         if self.batches_per_epoch < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"the training set has {num_samples} images, fewer than one batch of {batch_size} per "
-                f"process x {world_size} processes")
+                f"process x {world_size} processes: lower train.batch_size")
         self.epoch = 0
         self.start = 0
 

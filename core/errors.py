@@ -5,12 +5,19 @@ its message as one line on stderr and exits with code 2; the app shows the messa
 other exception is a bug: it keeps its traceback (in the CLI's output, in the app's log).
 Specific kinds (``ConfigError``, ``CheckpointError``, ``DatasetError``, ``ImageReadError``) are
 subclasses, so code that only needs "is this the user's fault?" catches ``UserError``.
+
+Library errors that mean bad input (a missing file, random bytes where weights were expected, an
+unknown device) are turned into a ``UserError`` where the user's input is read, with a message
+that says what is wrong and how to fix it.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
+
+_WORKER_TRACEBACK = "Original Traceback (most recent call last):"
 
 
 class UserError(Exception):
@@ -18,9 +25,25 @@ class UserError(Exception):
 
 
 def one_line(exc: BaseException, limit: int = 400) -> str:
-    """``exc``'s message on one line (whitespace collapsed), cut to ``limit`` characters."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    """``exc``'s message on one line (whitespace collapsed), cut to ``limit`` characters.
+
+    A torch DataLoader re-raises a worker's exception with the worker's traceback as its message;
+    only that exception's own message (the traceback's last line) is kept."""
+    text = str(exc)
+    if _WORKER_TRACEBACK in text:
+        last = text.rstrip().splitlines()[-1]
+        _, sep, message = last.partition(": ")
+        text = message if sep else last
+    text = " ".join(text.split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are ``UserError``s, so that ``run_cli`` reports them as one
+    line with exit code 2 like every other bad input (``--help`` still prints the usage)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def run_cli(main: Callable[[], int | None], prog: str) -> int:

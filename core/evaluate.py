@@ -11,7 +11,6 @@ not use the labels.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Iterator
@@ -23,9 +22,9 @@ import numpy as np
 import torch
 
 from core import distributed as ddp
+from core.errors import ArgumentParser, UserError, run_cli
 from core.method.metrics import ConfusionMatrix, multilabel_f1
 from core.precision import PRECISIONS, resolve_precision
-from core.runstate import UserError, user_error_types
 
 STAGES = ("cam_label", "par_label", "rw_mhsa_label", "rw_afa_label", "seg_label", "seg_crf_label")
 PSEUDO_LABEL_STAGES = STAGES[:4]
@@ -242,8 +241,8 @@ def infer_dataset_kind(root: Path, hint: str | None = None) -> str:
                      "pass --dataset-kind scenes|voc|coco")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m core.evaluate", description=__doc__.split("\n")[0])
+def parse_args(argv: list[str] | None) -> Any:
+    p = ArgumentParser(prog="python -m core.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint of this project")
     p.add_argument("--data", required=True, help="dataset root folder")
     p.add_argument("--split", default="val")
@@ -269,7 +268,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: Any) -> dict[str, Any]:
     from core import load_model
     from core.checkpoint import read_meta
     from core.config import load_config, set_by_path
@@ -278,6 +277,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(args.data)
     if not root.is_dir():
         raise UserError(f"dataset folder not found: {root}")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be at least 1, got {args.limit}")
+    if args.scales is not None and any(s <= 0 for s in args.scales):
+        raise UserError(f"--scales must be positive numbers, got {' '.join(map(str, args.scales))}")
+    if args.out and Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a folder; name the JSON file to write")
     meta = read_meta(args.checkpoint)
     info, device = ddp.init_distributed(args.device)
     cfg = load_config()
@@ -303,26 +308,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit code 0, or 2 with one line on stderr for bad input (a bug raises with its traceback)."""
+    return run_cli(lambda: _main(argv), "python -m core.evaluate")
+
+
+def _main(argv: list[str] | None) -> int:
     import json
+    import traceback
 
     from core.checkpoint import atomic_write_json
 
     args = parse_args(argv)
     try:
         result = run(args)
-    except user_error_types() as exc:  # one clear line for the user; --debug shows where
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
+        if ddp.env_info().is_main:
+            if args.out:
+                atomic_write_json(args.out, result)
+                print(json.dumps(summary(result), indent=2))
+            else:
+                print(json.dumps(result, indent=2))
+    except UserError:
+        if args.debug:  # --debug shows where
+            traceback.print_exc()
+        raise
+    finally:
         ddp.cleanup()
-        return 2
-    if ddp.env_info().is_main:
-        if args.out:
-            atomic_write_json(args.out, result)
-            print(json.dumps(summary(result), indent=2))
-        else:
-            print(json.dumps(result, indent=2))
-    ddp.cleanup()
     return 0
 
 

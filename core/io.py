@@ -327,6 +327,25 @@ def read_image(source: ImageSource | Any, max_side: int | None = 1024) -> tuple[
     return _fit_size(rgb, max_side, notes, decoded_from), notes
 
 
+_END_MARKERS = {b"\xff\xd8": b"\xff\xd9", b"\x89PNG\r\n\x1a\n": b"IEND\xaeB`\x82"}  # JPEG, PNG
+
+
+def cut_short(data: bytes) -> bool:
+    """True when encoded JPEG or PNG ``data`` stops before the end of its image (a file cut short
+    by a failed copy or download; some decoders fill the rest with grey and carry on). Bytes after
+    a complete image are allowed: when the end marker is not last, PIL decodes the file to decide.
+    Other formats: False (their decoders fail on truncation)."""
+    end = next((e for start, e in _END_MARKERS.items() if data.startswith(start)), None)
+    if end is None or data.rstrip(b"\0\r\n ").endswith(end):
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+    except (OSError, SyntaxError, ValueError, EOFError):
+        return True
+    return False
+
+
 def read_mask(path: str | os.PathLike) -> np.ndarray:
     """Read a label PNG as class ids: uint8 ``(H, W)`` (0 background, 255 ignore).
 

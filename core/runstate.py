@@ -23,9 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from core.checkpoint import atomic_write, atomic_write_json, read_meta, save_checkpoint
+from core.errors import UserError
 
 STATE_FILE = "train_state.safetensors"
 STATE_JSON = "train_state.json"
@@ -36,26 +38,6 @@ METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples/latest.npz"  # the latest training batch and its label maps
 STATE_META_KEY = "train_state"
 STATE_FORMAT = 1
-
-
-class UserError(Exception):
-    """A problem the user can fix (config, paths); reported as one line, exit code 2."""
-
-
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean "fix your config / paths", not "bug": one line, no traceback."""
-    from core.checkpoint import CheckpointError
-    from core.config import ConfigError
-
-    types: list[type[BaseException]] = [UserError, ConfigError, CheckpointError, FileNotFoundError,
-                                        NotADirectoryError]
-    try:
-        from core.data import DatasetError
-        from core.io import ImageReadError
-        types += [DatasetError, ImageReadError]
-    except ImportError:
-        pass
-    return tuple(types)
 
 
 # ---------------------------------------------------------------- RNG
@@ -160,18 +142,30 @@ def save_train_state(run_dir: str | Path, *, model: torch.nn.Module, optimizer: 
     return path
 
 
-def load_train_state(run_dir: str | Path) -> TrainState:
-    """Read ``train_state.safetensors`` of a run folder; ``FileNotFoundError`` when there is none."""
+def read_train_state_info(run_dir: str | Path) -> dict[str, Any]:
+    """The JSON part of a run folder's ``train_state.safetensors``, checked without loading the
+    tensors (safetensors also checks that the file is complete). ``UserError`` when it is missing,
+    damaged or from a newer version: resuming cannot go on from it."""
     path = Path(run_dir) / STATE_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no {STATE_FILE} in {run_dir}: nothing to resume")
-    with safe_open(str(path), framework="pt") as fh:
-        header = fh.metadata() or {}
-    if STATE_META_KEY not in header:
-        raise ValueError(f"{path} lacks its training-state metadata")
-    info = json.loads(header[STATE_META_KEY])
-    if info.get("format", 0) > STATE_FORMAT:
-        raise ValueError(f"{path} was written by a newer version (format {info['format']})")
+        raise UserError(f"cannot resume {run_dir}: it holds no {STATE_FILE} (is it a run folder?)")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+        info = json.loads(header[STATE_META_KEY])
+    except (SafetensorError, OSError, ValueError, KeyError) as exc:
+        raise UserError(f"cannot resume {run_dir}: {STATE_FILE} is damaged (truncated or not written by "
+                        "core.train); restore it from a copy or start a new run") from exc
+    if not isinstance(info, dict) or info.get("format", 0) > STATE_FORMAT:
+        raise UserError(f"cannot resume {run_dir}: {STATE_FILE} was written by a newer version of this "
+                        "project")
+    return info
+
+
+def load_train_state(run_dir: str | Path) -> TrainState:
+    """Read ``train_state.safetensors`` of a run folder (``UserError`` when it is missing or damaged)."""
+    path = Path(run_dir) / STATE_FILE
+    info = read_train_state_info(run_dir)
     tensors = load_file(str(path))
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     opt_state: dict[int, dict[str, Any]] = {}

@@ -10,7 +10,6 @@ step, save the state and exit 0 with status "stopped"; ``--resume`` then continu
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import signal
@@ -27,23 +26,23 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from core import distributed as ddp
-from core.checkpoint import atomic_write, atomic_write_json
+from core.checkpoint import atomic_write, atomic_write_json, remove_stale_temp_files
 from core.config import load_config
+from core.errors import ArgumentParser, UserError, one_line, run_cli
 from core.optim import WarmupPoly, build_optimizer
 from core.precision import resolve_precision
 from core.runstate import (
     CHECKPOINT_FILE,
     STATE_FILE,
-    UserError,
     capture_rng,
     checkpoint_step,
     load_train_state,
     preserve_rng,
+    read_train_state_info,
     restore_rng,
     save_model_checkpoint,
     save_train_state,
     seed_everything,
-    user_error_types,
     write_status,
 )
 
@@ -246,12 +245,13 @@ def check_train_config(cfg: dict) -> None:
             raise UserError(f"train.{key} must be a non-negative integer or null, got {t[key]!r}")
 
 
-def setup_run(args: argparse.Namespace) -> tuple[dict, Path | None, bool]:
+def setup_run(args: Any) -> tuple[dict, Path | None, bool]:
     """The resolved config, the run folder (None: pick a new one) and whether this resumes it."""
     if args.resume:
         run_dir = Path(args.resume)
-        if not (run_dir / STATE_FILE).is_file():
-            raise UserError(f"cannot resume {run_dir}: it holds no {STATE_FILE}")
+        if not run_dir.is_dir():
+            raise UserError(f"cannot resume {run_dir}: no such folder")
+        read_train_state_info(run_dir)  # a run folder with a complete training state, or a UserError
         cfg = load_config(run_dir / "config.yaml", args.overrides)
         check_train_config(cfg)
         return cfg, run_dir, True
@@ -306,8 +306,12 @@ def train(cfg: dict, run_dir: Path, resume: bool, info: ddp.DistInfo, device: to
     step, epoch, position, metrics = 0, 0, 0, None
     if resume:
         state = load_train_state(run_dir)
-        model.load_state_dict(state.model)
-        optimizer.load_state_dict(state.optimizer)
+        try:
+            model.load_state_dict(state.model)
+            optimizer.load_state_dict(state.optimizer)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise UserError(f"cannot resume {run_dir}: its saved state does not fit the model and optimiser "
+                            "of the config (did an override change model.* or optim.*?)") from exc
         if state.scaler and use_scaler:
             scaler.load_state_dict(state.scaler)
         step, epoch, position = state.step, state.epoch, state.position
@@ -406,8 +410,8 @@ def train(cfg: dict, run_dir: Path, resume: bool, info: ddp.DistInfo, device: to
     return "finished"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m core.train", description=__doc__.split("\n")[0])
+def parse_args(argv: list[str] | None) -> Any:
+    p = ArgumentParser(prog="python -m core.train", description=__doc__.split("\n")[0])
     p.add_argument("--config", help="YAML config (core/configs/*.yaml)")
     p.add_argument("--run-dir", help="run folder (default: train.out_dir/<config>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this folder exactly")
@@ -417,41 +421,49 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit code 0 when finished or stopped, 2 (one line on stderr) for bad input; a bug raises."""
+    return run_cli(lambda: _main(argv), "python -m core.train")
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     info = ddp.env_info()
-    # where a failure is reported: never into a folder that holds another run
-    status_dir = Path(args.resume) if args.resume else Path(args.run_dir) if args.run_dir else None
-    if status_dir is not None and not args.resume and holds_run(status_dir):
+    # where a failure is reported: only into the run folder the user named with --run-dir (the app
+    # makes it and reads the status), a run being resumed, or the folder this start created; never
+    # into a folder that holds another run or that --resume wrongly names
+    status_dir = Path(args.run_dir) if args.run_dir and not args.resume else None
+    if status_dir is not None and holds_run(status_dir):
         status_dir = None
     run_dir: Path | None = None
     log: RunLog | None = None
     max_iters_hint = 0
     try:
         cfg, run_dir, resume = setup_run(args)
+        if resume:
+            status_dir = run_dir
         info, device = ddp.init_distributed(cfg["train"]["device"])
         if not resume:
-            run_dir = status_dir = new_run_dir(cfg, args.config, run_dir)
+            run_dir = new_run_dir(cfg, args.config, run_dir)
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
+            status_dir = run_dir
+            remove_stale_temp_files(run_dir)  # left by a kill -9 during a save of this run
             atomic_write(run_dir / "config.yaml",
                          lambda p: p.write_text(yaml.safe_dump(cfg, sort_keys=False)))
         max_iters_hint = cfg["train"]["max_iters"]
         log = RunLog(run_dir, max_iters_hint, info.is_main, 0)
         state = train(cfg, run_dir, resume, info, device, log)
-    except user_error_types() as exc:
+    except UserError as exc:
         if args.debug:
             traceback.print_exc()
-        message = str(exc)
-        print(f"error: {message}", file=sys.stderr)
         if status_dir is not None and info.is_main and status_dir.is_dir():
-            write_status(status_dir, "failed", log.last_step if log else 0, max_iters_hint, message)
-        return 2
-    except Exception as exc:
-        traceback.print_exc()
+            write_status(status_dir, "failed", log.last_step if log else 0, max_iters_hint, one_line(exc))
+        raise
+    except Exception as exc:  # a bug: recorded in the run, then raised with its traceback
         if status_dir is not None and info.is_main and status_dir.is_dir():
             write_status(status_dir, "failed", log.last_step if log else 0, max_iters_hint,
-                         f"{type(exc).__name__}: {exc}")
-        return 1
+                         f"{type(exc).__name__}: {one_line(exc)}")
+        raise
     finally:
         if log is not None:
             log.close()

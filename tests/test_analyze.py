@@ -4,6 +4,8 @@ import torch
 
 import core
 from core.config import load_config
+from core.errors import UserError
+from core.method.crf import crf_available
 from core.models.registry import create_model
 
 CLASSES = ["background", "shirt", "bag", "shoe"]
@@ -95,7 +97,7 @@ def test_predicted_labels_and_any_size(afa):
 
 
 def test_labels_are_checked(afa):
-    with pytest.raises(ValueError, match="unknown class 'cat'"):
+    with pytest.raises(UserError, match="unknown class 'cat'"):
         core.analyze(afa, image(), labels=["cat"])
     with pytest.raises(ValueError, match="scales"):
         core.analyze(afa, image(), scales=())
@@ -155,3 +157,37 @@ def test_dense_labels_fill_the_ignore_band_consistently(afa):
         assert np.all(d[(t != 0) & (t != 255)] != 0), name
         band += int((t == 255).sum())
     assert band > 0  # the random model leaves an ignore band, so the case is not vacuous
+
+
+@pytest.mark.skipif(not crf_available(), reason="pydensecrf is not installed")
+def test_crf_changes_the_segmentation_of_a_shipped_example():
+    from pathlib import Path
+
+    from core.io import read_image
+
+    repo = Path(__file__).resolve().parents[1]
+    model = core.load_model(repo / "checkpoints" / "afa_mit_b0_scenes.safetensors", device="cpu")
+    rgb, _ = read_image(repo / "assets" / "examples" / "scene_tshirt_dress.jpg", 512)
+    assert not rgb.flags.writeable  # what the app passes: the case that used to fail
+    plain = core.analyze(model, rgb, attention=False)
+    refined = core.analyze(model, rgb, attention=False, crf=True)
+    assert np.array_equal(plain.seg_label, refined.seg_label)
+    changed = (refined.seg_crf_label != refined.seg_label).mean()
+    assert 0.0 < changed < 0.5  # the CRF moves boundaries; it does not relabel the picture
+    # only classes the segmentation found (the CRF refines, it does not invent)
+    assert set(np.unique(refined.seg_crf_label)) <= set(np.unique(refined.seg_label))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 37, 3), (23, 1, 3)])
+def test_one_pixel_sides_work_at_their_own_size(afa, shape):
+    a = core.analyze(afa, np.full(shape, 90, np.uint8), crf=crf_available())
+    assert a.cam_label.shape == shape[:2] and a.seg_label.shape == shape[:2]
+    assert a.par_label.shape == shape[:2] and a.rw_afa_label.shape == shape[:2]
+
+
+@pytest.mark.parametrize("shape", [(0, 0, 3), (0, 12, 3), (12, 0, 3)])
+def test_empty_arrays_are_a_user_error(afa, shape):
+    from core.io import ImageReadError
+
+    with pytest.raises(ImageReadError, match="zero size"):
+        core.analyze(afa, np.zeros(shape, np.uint8))

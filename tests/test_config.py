@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from core.config import DEFAULTS, ConfigError, load_config
@@ -87,3 +89,34 @@ def test_exponent_without_dot_is_a_number(tmp_path):
     assert load_config(None, ["model.backbone=1e3"])["model"]["backbone"] == "1e3"
     assert load_config(None, ["train.max_iters=2e3"])["train"]["max_iters"] == 2000
     assert isinstance(load_config(None, ["train.max_iters=2e3"])["train"]["max_iters"], int)
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("train.batch_size=2.5", "'train.batch_size' must be a whole number, got 2.5"),
+        ("train.max_iters=10.5", "'train.max_iters' must be a whole number"),
+        ("par.iters=1e-1", "'par.iters' must be a whole number"),
+        ("train.eval_limit=0.5", "'train.eval_limit' must be a whole number"),
+        ("optim.lr=-0.001", "optim.lr must be positive"),
+        ("optim.lr=0", "optim.lr must be positive"),
+        ("optim.betas=[0.9, 1.5]", "optim.betas"),
+        ("optim.weight_decay=-1", "weight_decay"),
+        ("train.device=tpu", "train.device must be auto, cpu or cuda, got 'tpu'"),
+        ("data.on_corrupt=ignore", "data.on_corrupt must be stop or skip"),
+        ("data.num_workers=-1", "data.num_workers"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(override, words):
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        load_config(None, [override])
+
+
+def test_integer_keys_take_integer_valued_numbers_as_ints(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  batch_size: 4.0\n  eval_limit: null\n")
+    cfg = load_config(path, ["train.max_iters=30.0"])
+    assert cfg["train"]["batch_size"] == 4 and isinstance(cfg["train"]["batch_size"], int)
+    assert cfg["train"]["max_iters"] == 30 and isinstance(cfg["train"]["max_iters"], int)
+    assert cfg["train"]["eval_limit"] is None
+    assert isinstance(load_config(None, ["optim.lr=1"])["optim"]["lr"], float)  # float keys stay floats

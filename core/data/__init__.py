@@ -83,6 +83,8 @@ def build_dataset(cfg: dict[str, Any], split: str | None = None, train: bool = T
         ds = ScenesDataset(data["root"], split, train=train, data_cfg=data, seed=seed)
     else:
         raise DatasetError(f"unknown dataset data.name={name!r}; expected one of {', '.join(DATASETS)}")
+    if train:
+        ds.on_corrupt = data.get("on_corrupt", "stop")
     expected = cfg.get("model", {}).get("num_classes")
     if expected is not None and expected != len(ds.class_names):
         raise DatasetError(

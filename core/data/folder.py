@@ -10,6 +10,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from core.data.transforms import EvalTransform
+from core.data.voc import DatasetError
 from core.io import ImageReadError, read_image
 
 FOLDER_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -33,7 +34,7 @@ class ImageFolder(Dataset):
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder {self.root} does not exist")
+            raise DatasetError(f"image folder {self.root} does not exist (set data.root to a folder of images)")
         self.max_side = max_side
         pattern = "**/*" if recursive else "*"
         files = []
@@ -46,7 +47,7 @@ class ImageFolder(Dataset):
         self.paths = sorted(files, key=lambda p: p.relative_to(self.root).as_posix())
         self.names = [p.relative_to(self.root).with_suffix("").as_posix() for p in self.paths]
         if not self.paths:
-            raise FileNotFoundError(
+            raise DatasetError(
                 f"image folder {self.root} holds no images ({', '.join(FOLDER_EXTENSIONS)})"
             )
         self.transform = EvalTransform.from_cfg(data_cfg) if data_cfg is not None else None

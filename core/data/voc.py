@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,8 @@ import torch
 from torch.utils.data import Dataset
 
 from core.data.transforms import EvalTransform, TrainTransform, sample_rng
-from core.io import ImageReadError, read_mask
+from core.errors import UserError
+from core.io import ImageReadError, cut_short, read_mask
 
 VOC_CLASSES: list[str] = [
     "background",
@@ -65,7 +67,7 @@ _SHOW = 5  # how many missing names an error message lists
 Transform = Callable[[np.ndarray, "np.ndarray | None", np.random.Generator], dict[str, torch.Tensor]]
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset folder that cannot be used; the message names what is missing or malformed."""
 
 
@@ -183,10 +185,19 @@ def labels_from_mask(mask: np.ndarray, num_fg: int, ignore_index: int = 255) -> 
 
 def load_rgb(path: Path) -> np.ndarray:
     """A dataset image as RGB uint8 ``(H, W, 3)``, stored pixel order (EXIF is ignored, because
-    ground-truth masks are drawn on the stored pixels)."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    ground-truth masks are drawn on the stored pixels). A file that cannot be decoded completely
+    (missing, truncated, corrupt) is an ``ImageReadError`` naming it: never half an image."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageReadError(f"cannot read the image {path} ({exc.strerror or exc})") from exc
+    if not data:
+        raise ImageReadError(f"the image {path} is empty (0 bytes)")
+    if cut_short(data):
+        raise ImageReadError(f"the image {path} is truncated (the file ends before the image does)")
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if bgr is None:
-        raise ImageReadError(f"cannot read the image {path} (missing, corrupt or not an image)")
+        raise ImageReadError(f"cannot decode the image {path} (corrupt, truncated or not an image)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -201,6 +212,9 @@ class VOCLayoutDataset(Dataset):
     """
 
     kind = "dataset"
+    # training only (``data.on_corrupt``, set by build_dataset): "stop" at an image that cannot be
+    # decoded, naming it; "skip": use the next readable item in its place (evaluation always stops)
+    on_corrupt = "stop"
 
     def __init__(
         self,
@@ -228,6 +242,7 @@ class VOCLayoutDataset(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.ignore_index = ignore_index
+        self._warned: set[int] = set()  # unreadable items already reported (on_corrupt=skip)
         where = f"{self.kind} root {self.root}"
         if not self.root.is_dir():
             raise DatasetError(f"{where} does not exist (set data.root to the folder of the dataset)")
@@ -326,8 +341,28 @@ class VOCLayoutDataset(Dataset):
         except ValueError as exc:
             raise DatasetError(f"{self.kind} root {self.root}: mask of {name}: {exc}") from exc
 
+    def load_or_skip(self, index: int) -> tuple[int, np.ndarray, np.ndarray | None]:
+        """``(index, rgb, mask)`` of item ``index``; when it cannot be read and unreadable training
+        items are skipped (``on_corrupt``), of the next readable item (a pure function of
+        ``index``, so exact resume still holds), with a warning naming the skipped file."""
+        skip = self.train and self.on_corrupt == "skip"
+        for offset in range(len(self) if skip else 1):
+            item = (index + offset) % len(self)
+            try:
+                return (item, *self.load(item))
+            except ImageReadError as exc:
+                if not self.train:
+                    raise
+                if not skip:
+                    raise ImageReadError(f"{exc}; replace the file, or set data.on_corrupt=skip to train "
+                                         "without it") from exc
+                if item not in self._warned:
+                    self._warned.add(item)
+                    print(f"warning: skipping an unreadable training image: {exc}", file=sys.stderr, flush=True)
+        raise DatasetError(f"{self.kind} root {self.root}: no image of split {self.split!r} can be read")
+
     def __getitem__(self, index: int) -> dict[str, Any]:
-        rgb, mask = self.load(index)
+        index, rgb, mask = self.load_or_skip(index)
         label = self.cls_label(index, mask)
         rng = sample_rng(self.seed, self.epoch, index)
         sample: dict[str, Any] = self.transform(rgb, mask, rng)

@@ -74,7 +74,8 @@ def dense_crf(
 
     unary = -np.log(np.clip(probs.astype(np.float32), _PROB_FLOOR, None))
     unary = np.ascontiguousarray(unary.reshape(n_labels, height * width), dtype=np.float32)
-    rgb = np.ascontiguousarray(image, dtype=np.uint8)
+    # pydensecrf takes writable buffers only; read_image's arrays are read-only: always copy
+    rgb = np.array(image, dtype=np.uint8, order="C", copy=True)
 
     crf = densecrf.DenseCRF2D(width, height, n_labels)
     crf.setUnaryEnergy(unary)

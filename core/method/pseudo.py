@@ -66,7 +66,8 @@ def downscale_for_par(image: Tensor, downscale: int) -> Tensor:
     if downscale == 1:
         return image
     h, w = image.shape[-2:]
-    return F.interpolate(image, size=(h // downscale, w // downscale), mode="bilinear", align_corners=False)
+    size = (max(1, h // downscale), max(1, w // downscale))  # a 1-pixel side stays 1 pixel
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False)
 
 
 def _compact_order(allowed: Tensor) -> tuple[Tensor, Tensor]:

@@ -11,12 +11,17 @@ ImageNet weights from the Hugging Face hub with :func:`download_pretrained`.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from core.checkpoint import CheckpointError
+from core.config import ConfigError
+from core.errors import UserError
 
 EncoderFactory = Callable[..., nn.Module]
 
@@ -50,7 +55,7 @@ def create_encoder(
     """
     if name not in ENCODERS:
         valid = ", ".join(sorted(ENCODERS))
-        raise ValueError(f"unknown encoder {name!r}; valid names are: {valid}")
+        raise ConfigError(f"unknown encoder {name!r}; valid names are: {valid} (model.backbone)")
     if isinstance(pretrained, str) and not pretrained.strip():
         pretrained = None  # an empty config value means "no weights", not the current directory
     return ENCODERS[name](strides=tuple(strides), drop_path_rate=drop_path_rate, pretrained=pretrained)
@@ -67,13 +72,13 @@ def download_pretrained(
     """Download the first of ``filenames`` that exists in the hub repository ``repo_id``.
 
     Returns the local path. Any failure (package missing, no network, no such file) is a
-    RuntimeError with one sentence that tells the user how to proceed offline.
+    ``UserError`` with one sentence that tells the user how to proceed offline.
     """
     advice = "download the file elsewhere and pass its path as model.pretrained"
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
-        raise RuntimeError(
+        raise UserError(
             f"could not download {repo_id}: huggingface_hub is not installed; {advice}"
         ) from None
 
@@ -94,7 +99,7 @@ def download_pretrained(
             else:
                 reason = "no network"
             break
-    raise RuntimeError(f"could not download {repo_id}: {reason}; {advice}")
+    raise UserError(f"could not download {repo_id}: {reason}; {advice}")
 
 
 def _unwrap_checkpoint(obj: Any) -> Any:
@@ -111,42 +116,60 @@ def _unwrap_checkpoint(obj: Any) -> Any:
     return obj
 
 
-def read_state_dict(source: str | os.PathLike | Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Read weights from a state dict, a ``.safetensors`` file or a PyTorch file (``.pth``/``.bin``).
+_PRETRAINED_FIX = 'set model.pretrained to an existing weights file, "hub" or null'
 
-    PyTorch files are read with ``weights_only=True``: no pickled code is ever executed.
-    A file that cannot be read is a ValueError; a missing file a FileNotFoundError.
+
+def load_weights_file(path: str | os.PathLike, fix: str = _PRETRAINED_FIX) -> Any:
+    """The object stored in a ``.safetensors`` or PyTorch (``.pth``/``.bin``) weights file.
+
+    PyTorch files are read with ``weights_only=True``: no pickled code is ever executed. Any file
+    that cannot be read this way is a ``CheckpointError`` that says why and, with ``fix``, what
+    to do (never torch's advice to retry with ``weights_only=False``, which would run the pickle).
     """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "not found"
+        raise CheckpointError(f"weights file {what}: {path} ({fix})")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"weights file {path} is empty ({fix})")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any parse failure means "not a weights file"
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if found:  # a pickle of Python objects: refused, never run
+            raise CheckpointError(
+                f"{path} holds pickled Python objects besides tensors (e.g. {found.group(1)}), which are "
+                "never loaded, for safety; save a plain state dict (torch.save(model.state_dict(), ...))"
+            ) from None
+        raise CheckpointError(
+            f"could not read weights from {path}: it is not a readable PyTorch or safetensors weights "
+            f"file (damaged, truncated or another kind of file); {fix}"
+        ) from None
+
+
+def read_state_dict(
+    source: str | os.PathLike | Mapping[str, Tensor], fix: str = _PRETRAINED_FIX
+) -> dict[str, Tensor]:
+    """Read weights from a state dict, a ``.safetensors`` file or a PyTorch file (``.pth``/``.bin``)
+    (see :func:`load_weights_file`). A file without tensors is a ``CheckpointError``."""
     if isinstance(source, Mapping):
         obj: Any = source
         where = "the given state dict"
     else:
-        path = Path(source).expanduser()
-        where = str(path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f'weights file not found: {path} (set model.pretrained to an existing file, "hub" or null)'
-            )
-        try:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                obj = load_file(str(path), device="cpu")
-            else:
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # any parse failure means "not a weights file"
-            raise ValueError(
-                f"could not read weights from {path}: it is not a readable PyTorch or safetensors weights "
-                f"file ({type(err).__name__})"
-            ) from None
+        where = str(Path(source).expanduser())
+        obj = load_weights_file(source, fix)
     obj = _unwrap_checkpoint(obj)
     if not isinstance(obj, Mapping):
-        raise ValueError(
+        raise CheckpointError(
             f"could not read weights from {where}: it holds a {type(obj).__name__}, not a state dict"
         )
     state = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
     if not state:
-        raise ValueError(f"could not read weights from {where}: it contains no tensors")
+        raise CheckpointError(f"could not read weights from {where}: it contains no tensors")
     return state
 
 
@@ -173,11 +196,11 @@ def load_checked_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor],
             parts.append(f"{len(missing)} missing keys ({_some(missing)})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys ({_some(unexpected)})")
-        raise ValueError(f"the weights do not fit {what}: {' and '.join(parts)}")
+        raise CheckpointError(f"the weights do not fit {what}: {' and '.join(parts)}")
     wrong = [k for k, v in state_dict.items() if tuple(v.shape) != tuple(expected[k].shape)]
     if wrong:
         first = wrong[0]
-        raise ValueError(
+        raise CheckpointError(
             f"the weights do not fit {what}: {len(wrong)} tensors have the wrong shape, e.g. {first} "
             f"is {tuple(state_dict[first].shape)} in the weights but {tuple(expected[first].shape)} in the "
             f"model (are they for another variant?)"

@@ -153,3 +153,12 @@ def test_multilabel_f1_per_image_mean():
     assert multilabel_f1(pred, target, empty_score=0.0) == pytest.approx(0.5 / 3)
     assert multilabel_f1(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 1.0])) == 1.0
     assert multilabel_f1(np.array([[0, 1]]), np.array([[0, 0]])) == 0.0
+
+
+@pytest.mark.skipif(not crf.crf_available(), reason="pydensecrf is not installed")
+def test_dense_crf_takes_read_only_images():
+    # core.io.read_image returns read-only arrays; pydensecrf needs a writable buffer
+    image, probs, truth = _two_region_case(2)
+    image.flags.writeable = False
+    label = crf.dense_crf(image, probs, iters=5)
+    assert (label == truth).mean() > 0.97 and not image.flags.writeable

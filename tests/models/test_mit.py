@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 
+from core.errors import UserError
 from core.models import mit
 from core.models.mit import MixTransformer, convert_hf_mit_state_dict, load_mit_weights, mit_b0
 
@@ -195,7 +196,7 @@ def test_clear_errors(tmp_path) -> None:
     with pytest.raises(ValueError, match="unexpected keys"):
         load_mit_weights(mit_b0(), {**b0_weights, "extra.weight": torch.zeros(1)})
 
-    with pytest.raises(FileNotFoundError, match="weights file not found"):
+    with pytest.raises(UserError, match="weights file not found"):
         mit_b0(pretrained=tmp_path / "missing.pth")
 
 
@@ -206,7 +207,7 @@ def test_hub_offline_is_one_sentence(monkeypatch) -> None:
         raise OSError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
-    with pytest.raises(RuntimeError) as err:
+    with pytest.raises(UserError) as err:
         mit_b0(pretrained="hub")
     message = str(err.value)
     assert message.startswith("could not download nvidia/mit-b0: no network;")
@@ -214,7 +215,7 @@ def test_hub_offline_is_one_sentence(monkeypatch) -> None:
     assert "\n" not in message
 
     monkeypatch.setitem(__import__("sys").modules, "huggingface_hub", None)
-    with pytest.raises(RuntimeError, match="huggingface_hub is not installed;.*model.pretrained"):
+    with pytest.raises(UserError, match="huggingface_hub is not installed;.*model.pretrained"):
         mit_b0(pretrained="hub")
 
 

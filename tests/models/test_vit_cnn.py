@@ -7,6 +7,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from core.errors import UserError
 from core.models.cnn import ResNetEncoder, resnet18
 from core.models.encoders import ENCODERS, create_encoder
 from core.models.vit import ViTEncoder, vit_tiny
@@ -81,7 +82,7 @@ def test_vit_hub_offline(monkeypatch) -> None:
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     with pytest.raises(
-        RuntimeError, match=r"^could not download timm/deit_tiny.*no network;.*model\.pretrained$"
+        UserError, match=r"^could not download timm/deit_tiny.*no network;.*model\.pretrained$"
     ):
         vit_tiny(pretrained="hub")
 

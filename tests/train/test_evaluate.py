@@ -80,7 +80,7 @@ def test_evaluate_skips_stages_a_cnn_cannot_compute(tmp_path, tiny_scenes):
 def test_evaluate_errors_are_one_line(tmp_path, tiny_scenes, capsys):
     assert main(["--checkpoint", str(tmp_path / "none.safetensors"), "--data", str(tiny_scenes)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1
+    assert err.startswith("python -m core.evaluate: error: ") and err.count("\n") == 1
     assert main(["--checkpoint", "x.safetensors", "--data", str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
 

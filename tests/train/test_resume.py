@@ -201,7 +201,8 @@ def test_bad_config_and_missing_data_fail_in_one_line(tmp_path, capsys):
     run.mkdir()
     assert _run(["--config", str(TINY), "--run-dir", str(run), "train.no_such_key=1"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "train.no_such_key" in err and "Traceback" not in err
+    assert err.startswith("python -m core.train: error: ") and "train.no_such_key" in err
+    assert "Traceback" not in err
     assert _status(run)["state"] == "failed" and "no_such_key" in _status(run)["message"]
     assert _run(["--config", str(TINY), "--run-dir", str(run), f"data.root={tmp_path / 'nowhere'}"]) == 2
     err = capsys.readouterr().err
