@@ -268,43 +268,60 @@ def parse_args(argv: list[str] | None) -> Any:
     return p.parse_args(argv)
 
 
-def run(args: Any) -> dict[str, Any]:
-    from core import load_model
+def open_evaluation(checkpoint: str | Path, root: str | Path, split: str = "val", kind: str | None = None,
+                    seg_merge: str | None = None) -> tuple[dict, Any]:
+    """The config and dataset with which ``checkpoint`` is evaluated on the folder ``root``: the
+    paper's defaults, the checkpoint's data and method sections and its model, ``data.*`` pointed
+    at ``root`` / ``split`` (``kind`` from the layout unless given). Raises ``UserError`` when the
+    dataset's classes are not the checkpoint's (by name, in order)."""
     from core.checkpoint import read_meta
     from core.config import load_config, set_by_path
     from core.data import build_dataset
 
-    root = Path(args.data)
+    root = Path(root)
     if not root.is_dir():
         raise UserError(f"dataset folder not found: {root}")
-    if args.limit is not None and args.limit < 1:
-        raise UserError(f"--limit must be at least 1, got {args.limit}")
-    if args.scales is not None and any(s <= 0 for s in args.scales):
-        raise UserError(f"--scales must be positive numbers, got {' '.join(map(str, args.scales))}")
-    if args.out and Path(args.out).is_dir():
-        raise UserError(f"--out {args.out} is a folder; name the JSON file to write")
-    meta = read_meta(args.checkpoint)
-    info, device = ddp.init_distributed(args.device)
+    meta = read_meta(checkpoint)
     cfg = load_config()
     saved = meta.get("config")
     if isinstance(saved, dict):
         for section in ("data", "cam", "par", "affinity", "infer"):
             cfg[section].update(saved.get(section, {}))
     cfg["model"].update(meta["model"])
-    kind = args.dataset_kind or infer_dataset_kind(root, (meta.get("data") or {}).get("name"))
+    kind = kind or infer_dataset_kind(root, (meta.get("data") or {}).get("name"))
     set_by_path(cfg, "data.name", kind)
     set_by_path(cfg, "data.root", str(root))
-    set_by_path(cfg, "data.val_split", args.split)
-    if args.seg_merge:
-        set_by_path(cfg, "infer.seg_merge", args.seg_merge)
-    dataset = build_dataset(cfg, args.split, train=False)
+    set_by_path(cfg, "data.val_split", split)
+    if seg_merge:
+        set_by_path(cfg, "infer.seg_merge", seg_merge)
+    dataset = build_dataset(cfg, split, train=False)
+    known = list(meta.get("classes") or [])
+    if known and list(dataset.class_names) != known:
+        raise UserError(f"{Path(checkpoint).name} knows {', '.join(known[1:])} but {root} has "
+                        f"{', '.join(dataset.class_names[1:])}: evaluate it on a dataset of its classes")
+    return cfg, dataset
+
+
+def run(args: Any) -> dict[str, Any]:
+    from core import load_model
+
+    if not Path(args.data).is_dir():
+        raise UserError(f"dataset folder not found: {args.data}")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be at least 1, got {args.limit}")
+    if args.scales is not None and any(s <= 0 for s in args.scales):
+        raise UserError(f"--scales must be positive numbers, got {' '.join(map(str, args.scales))}")
+    if args.out and Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a folder; name the JSON file to write")
+    info, device = ddp.init_distributed(args.device)
+    cfg, dataset = open_evaluation(args.checkpoint, args.data, args.split, args.dataset_kind, args.seg_merge)
     model = load_model(args.checkpoint, device=device)
     result = evaluate_model(model, dataset, cfg, limit=args.limit, crf=args.crf, rank=info.rank,
                             world_size=info.world_size, scales=args.scales, progress=True,
                             labels=args.labels, precision=args.precision,
                             per_image=args.per_image)
-    return {"checkpoint": str(args.checkpoint), "data": str(root), "split": args.split, "dataset_kind": kind,
-            "crf": bool(args.crf), **result}
+    return {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,
+            "dataset_kind": cfg["data"]["name"], "crf": bool(args.crf), **result}
 
 
 def main(argv: list[str] | None = None) -> int:

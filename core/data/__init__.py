@@ -20,6 +20,7 @@ from core.data.voc import (
     DatasetError,
     VOCDataset,
     VOCLayoutDataset,
+    map_class_ids,
     read_class_names,
 )
 
@@ -41,6 +42,7 @@ __all__ = [
     "VOCLayoutDataset",
     "build_dataset",
     "class_names",
+    "map_class_ids",
     "sample_rng",
 ]
 

@@ -183,6 +183,29 @@ def labels_from_mask(mask: np.ndarray, num_fg: int, ignore_index: int = 255) -> 
     return vec
 
 
+def map_class_ids(mask: np.ndarray, source: Sequence[str], target: Sequence[str],
+                  ignore_index: int = 255) -> tuple[np.ndarray, list[str]]:
+    """A mask of ``source`` class ids ``(H, W)`` rewritten in ``target``'s ids, matching classes by
+    name. Returns the mask and the names present in it that ``target`` lacks (their pixels become
+    ``ignore_index``, so scores against such a mask would be partial: callers say so)."""
+    mask = np.asarray(mask)
+    lookup = np.full(256, ignore_index, dtype=np.uint8)
+    index = {name: i for i, name in enumerate(target)}
+    unknown = []
+    for value in np.unique(mask):
+        value = int(value)
+        if value == ignore_index:
+            continue
+        if value >= len(source):
+            raise ValueError(f"mask has class id {value} but only {len(source)} class names")
+        name = source[value]
+        if name in index:
+            lookup[value] = index[name]
+        else:
+            unknown.append(name)
+    return lookup[mask.astype(np.uint8)], unknown
+
+
 def load_rgb(path: Path) -> np.ndarray:
     """A dataset image as RGB uint8 ``(H, W, 3)``, stored pixel order (EXIF is ignored, because
     ground-truth masks are drawn on the stored pixels). A file that cannot be decoded completely

@@ -7,7 +7,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ConfusionMatrix", "multilabel_f1"]
+__all__ = ["ERROR_KINDS", "ConfusionMatrix", "error_map", "multilabel_f1"]
+
+# codes of ``error_map``: what went wrong at a pixel (0 = nothing)
+ERROR_KINDS = {
+    0: "correct",
+    1: "false positive",  # foreground predicted where the truth is background
+    2: "false negative",  # true foreground predicted as background
+    3: "wrong class",  # true foreground predicted as another foreground class
+    4: "unlabelled",  # the prediction is not a class id (e.g. 255 in a training label)
+}
 
 
 def _to_numpy(array: Any) -> np.ndarray:
@@ -145,6 +154,24 @@ class ConfusionMatrix:
             "pixel_accuracy": plain(self.pixel_accuracy()),
             "per_class": {name: plain(v) for name, v in zip(names, self.iou())},
         }
+
+
+def error_map(pred: Any, gt: Any, ignore_index: int = 255) -> np.ndarray:
+    """Per pixel, which kind of error ``pred`` makes against ``gt`` (equal shapes, class ids):
+    a code of ``ERROR_KINDS`` as uint8, and ``ignore_index`` where the truth is ignored. Every
+    pixel that is not 0 here is an off-diagonal count of ``ConfusionMatrix.update(pred, gt)``."""
+    pred = _to_numpy(pred).astype(np.int64, copy=False)
+    gt = _to_numpy(gt).astype(np.int64, copy=False)
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred {pred.shape} and gt {gt.shape} differ in shape")
+    out = np.zeros(gt.shape, dtype=np.uint8)
+    wrong = pred != gt
+    out[wrong & (gt == 0)] = 1
+    out[wrong & (gt > 0) & (pred == 0)] = 2
+    out[wrong & (gt > 0) & (pred > 0)] = 3
+    out[wrong & (pred == ignore_index)] = 4
+    out[gt == ignore_index] = ignore_index
+    return out
 
 
 def multilabel_f1(pred: Any, target: Any, empty_score: float = 1.0) -> float:

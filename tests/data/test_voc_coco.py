@@ -23,7 +23,7 @@ from core.data import (
     build_dataset,
     class_names,
 )
-from core.data.voc import _RestrictedUnpickler, labels_from_mask, load_cls_labels, read_name_list
+from core.data.voc import _RestrictedUnpickler, labels_from_mask, map_class_ids, load_cls_labels, read_name_list
 from core.io import ImageReadError, read_mask
 
 from .conftest import save_jpeg, write_json, write_split
@@ -210,3 +210,13 @@ def test_image_folder(tmp_path: Path, cfg: dict) -> None:
 def test_restricted_unpickler_refuses_other_globals() -> None:
     with pytest.raises(pickle.UnpicklingError):
         _RestrictedUnpickler(io.BytesIO(pickle.dumps(set))).load()
+
+
+def test_map_class_ids_by_name() -> None:
+    mask = np.array([[0, 1, 2], [3, 255, 1]], dtype=np.uint8)
+    out, unknown = map_class_ids(mask, ["background", "cat", "dog", "bird"], ["background", "dog", "cat"])
+    assert out.tolist() == [[0, 2, 1], [255, 255, 2]] and unknown == ["bird"]
+    same, none = map_class_ids(mask, ["bg", "a", "b", "c"], ["bg", "a", "b", "c"])
+    assert np.array_equal(same, mask) and none == []
+    with pytest.raises(ValueError):
+        map_class_ids(mask, ["background", "cat"], ["background", "cat"])

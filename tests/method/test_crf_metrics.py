@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.method import crf
-from core.method.metrics import ConfusionMatrix, multilabel_f1
+from core.method.metrics import ConfusionMatrix, error_map, multilabel_f1
 
 IGN = 255
 
@@ -143,6 +143,20 @@ def test_confusion_matrix_all_reduce(tmp_path):
     finally:
         dist.destroy_process_group()
     assert np.array_equal(cm.matrix, before)
+
+
+def test_error_map_by_hand():
+    gt = np.array([[0, 0, 1, 1], [2, 2, 255, 0]])
+    pred = np.array([[0, 1, 1, 0], [2, 1, 0, 255]])
+    # correct, FP (fg on bg), correct, FN (fg as bg) / correct, wrong class, ignored, unlabelled
+    expected = np.array([[0, 1, 0, 2], [0, 3, 255, 4]], dtype=np.uint8)
+    assert np.array_equal(error_map(pred, gt), expected)
+    # every flagged pixel is an off-diagonal count of the confusion matrix
+    cm = ConfusionMatrix(3).update(pred, gt)
+    flagged = np.isin(error_map(pred, gt), [1, 2, 3, 4]).sum()
+    assert flagged == cm.matrix.sum() - np.trace(cm.matrix) + cm.unpredicted.sum()
+    with pytest.raises(ValueError):
+        error_map(pred[:, :2], gt)
 
 
 def test_multilabel_f1_per_image_mean():

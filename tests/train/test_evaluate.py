@@ -85,6 +85,16 @@ def test_evaluate_errors_are_one_line(tmp_path, tiny_scenes, capsys):
     assert "missing" in capsys.readouterr().err
 
 
+def test_evaluate_refuses_a_dataset_of_other_classes(tmp_path, tiny_scenes, capsys):
+    cfg = load_config(TINY, [f"data.root={tiny_scenes}"])
+    renamed = ["background"] + [f"other{i}" for i in range(1, len(class_names(cfg)))]  # same count
+    model = create_model(cfg, classes=renamed)
+    ckpt = save_model_checkpoint(tmp_path / "renamed.safetensors", model, cfg, step=0)
+    assert main(["--checkpoint", str(ckpt), "--data", str(tiny_scenes), "--limit", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "other1" in err and class_names(cfg)[1] in err
+
+
 def test_dataset_kind_from_layout(tmp_path, tiny_scenes):
     assert infer_dataset_kind(tiny_scenes) == "scenes"
     (tmp_path / "voc" / "JPEGImages").mkdir(parents=True)
