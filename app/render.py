@@ -20,18 +20,11 @@ THUMB_SIDE = 176  # long side of the small tiles (attention heads, PAR steps)
 
 @lru_cache(maxsize=1)
 def palette() -> np.ndarray:
-    """``(256, 3)`` uint8 colours indexed by class id: the PASCAL VOC bit-interleaved palette,
-    background (0) black and ignore (255) white."""
-    colours = np.zeros((256, 3), dtype=np.uint8)
-    for index in range(256):
-        r = g = b = 0
-        value = index
-        for shift in range(7, -1, -1):
-            r |= ((value >> 0) & 1) << shift
-            g |= ((value >> 1) & 1) << shift
-            b |= ((value >> 2) & 1) << shift
-            value >>= 3
-        colours[index] = (r, g, b)
+    """``(256, 3)`` uint8 colours indexed by class id: core's PASCAL VOC palette (background (0)
+    black), with ignore (255) white."""
+    from core.io import voc_palette
+
+    colours = voc_palette(256)
     colours[IGNORE_ID] = IGNORE_COLOUR
     colours.setflags(write=False)
     return colours

@@ -15,36 +15,23 @@ _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm,
 
 
 def split_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """``{"encoder", "encoder_norm", "heads"}`` lists of trainable parameters.
-
-    Uses ``model.param_groups()`` when the model defines it; otherwise parameters of normalisation
-    modules inside ``model.encoder`` are ``encoder_norm``, the rest of ``model.encoder`` is
-    ``encoder`` and everything outside the encoder is ``heads``.
-    """
-    if hasattr(model, "param_groups"):
-        groups = model.param_groups()
-    else:
-        encoder = getattr(model, "encoder", None)
-        norm_ids: set[int] = set()
-        encoder_ids: set[int] = set()
-        if encoder is not None:
-            encoder_ids = {id(p) for p in encoder.parameters()}
-            for module in encoder.modules():
-                if isinstance(module, _NORM_TYPES):
-                    norm_ids.update(id(p) for p in module.parameters(recurse=False))
-        groups = {"encoder": [], "encoder_norm": [], "heads": []}
-        for p in model.parameters():
+    """``{"encoder", "encoder_norm", "heads"}`` lists of trainable parameters: the parameters of
+    normalisation layers inside ``model.encoder`` are ``encoder_norm``, the rest of the encoder is
+    ``encoder``, everything outside it (classifier, affinity head, decoder) is ``heads``."""
+    encoder = getattr(model, "encoder", None)
+    encoder_ids = {id(p) for p in encoder.parameters()} if encoder is not None else set()
+    norm_ids = {
+        id(p)
+        for module in (encoder.modules() if encoder is not None else ())
+        if isinstance(module, _NORM_TYPES)
+        for p in module.parameters(recurse=False)
+    }
+    groups: dict[str, list[nn.Parameter]] = {"encoder": [], "encoder_norm": [], "heads": []}
+    for p in model.parameters():
+        if p.requires_grad:
             key = "encoder_norm" if id(p) in norm_ids else "encoder" if id(p) in encoder_ids else "heads"
             groups[key].append(p)
-    keys = ("encoder", "encoder_norm", "heads")
-    out = {key: [p for p in groups.get(key, []) if p.requires_grad] for key in keys}
-    seen = [id(p) for ps in out.values() for p in ps]
-    if len(seen) != len(set(seen)):
-        raise ValueError("a parameter appears in more than one optimiser group")
-    missing = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in set(seen)]
-    if missing:
-        raise ValueError(f"parameters in no optimiser group: {', '.join(missing[:5])}")
-    return out
+    return groups
 
 
 def build_optimizer(model: nn.Module, optim_cfg: dict) -> AdamW:

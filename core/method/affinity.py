@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from core.method.cam import allowed_channels, background_softmax
+
 __all__ = [
     "radius_mask",
     "affinity_labels",
@@ -177,11 +179,7 @@ def propagate_with_affinity(
     s = len(scores)
 
     cams = cam_grid.flatten(2).to(aff.dtype)  # (B, C-1, N)
-    bg = torch.tensor(scores, dtype=cams.dtype, device=cams.device).view(1, s, 1, 1).expand(b, s, 1, n)
-    logits = torch.cat([bg, cams[:, None].expand(b, s, c_fg, n)], dim=2)  # (B, S, C, N)
-    present = torch.cat([torch.ones_like(cls_label[:, :1]), cls_label], dim=1) > 0  # (B, C)
-    logits = logits.masked_fill(~present[:, None, :, None], float("-inf"))
-    probs = logits.softmax(dim=2).reshape(b, s * (c_fg + 1), n)
+    probs = background_softmax(cams, allowed_channels(cls_label), scores).reshape(b, s * (c_fg + 1), n)
 
     if isinstance(radius, Tensor) or radius is None:
         mask = radius

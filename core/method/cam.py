@@ -63,6 +63,38 @@ def gate_cam(cam: Tensor, cls_label: Tensor) -> Tensor:
     return cam * (cls_label > 0).to(cam.dtype)[:, :, None, None]
 
 
+def allowed_channels(cls_label: Tensor) -> Tensor:
+    """(B, C) bool: background (always) and the classes of the image label (B, C - 1)."""
+    bg = torch.ones_like(cls_label[:, :1], dtype=torch.bool)
+    return torch.cat([bg, cls_label > 0], dim=1)
+
+
+def background_softmax(cam: Tensor, keep: Tensor, bg_scores: Sequence[float]) -> Tensor:
+    """For each constant background score, the softmax over ``[background, cam channels]`` where
+    ``keep`` is True; the other channels are -inf before the softmax, hence exactly 0 after (they
+    never win an argmax, and a random walk keeps them at 0).
+
+    cam: (B, M, *spatial) (e.g. (B, M, H, W), or (B, M, N) on a token grid); keep: (B, M + 1) bool,
+    channel 0 the background (see ``allowed_channels``). Returns (B, S, M + 1, *spatial) for the
+    S = ``len(bg_scores)`` scores.
+    """
+    b, m, *spatial = cam.shape
+    s, ones = len(bg_scores), [1] * len(spatial)
+    bg = torch.tensor(bg_scores, dtype=cam.dtype, device=cam.device).view(1, s, 1, *ones)
+    stack = torch.cat([bg.expand(b, s, 1, *spatial), cam[:, None].expand(b, s, m, *spatial)], dim=2)
+    return stack.masked_fill(~keep.view(b, 1, m + 1, *ones), float("-inf")).softmax(dim=2)
+
+
+def scores_with_background(cam: Tensor, cls_label: Tensor, bg_score: float) -> Tensor:
+    """Softmax over ``[constant background bg_score, present classes]`` of the CAM.
+
+    cam: (B, C - 1, H, W); cls_label: (B, C - 1) multi-hot. Returns (B, C, H, W) probabilities;
+    absent classes are set to -inf before the softmax, so their channel is exactly 0 and the
+    softmax runs over background and the present classes only.
+    """
+    return background_softmax(cam, allowed_channels(cls_label), (bg_score,))[:, 0]
+
+
 def _max_class(cam: Tensor, cls_label: Tensor) -> tuple[Tensor, Tensor]:
     """Value (B, H, W) and class id (B, H, W) of the largest gated CAM channel."""
     value, index = gate_cam(cam, cls_label).max(dim=1)

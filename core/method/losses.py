@@ -14,10 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from core.config import DEFAULTS
+
 __all__ = ["classification_loss", "balanced_seg_loss", "dense_crf_energy_loss"]
 
 # Largest number of kernel entries (batch x rows x partners) evaluated at once by the energy loss.
 _CHUNK_ELEMENTS = 1 << 22
+_REG = DEFAULTS["loss"]  # the energy loss's settings (loss.reg_*): its defaults
 
 
 def classification_loss(logits: Tensor, cls_label: Tensor) -> Tensor:
@@ -134,13 +137,13 @@ def dense_crf_energy_loss(
     probs: Tensor,
     image: Tensor,
     valid: Tensor | None = None,
-    sigma_rgb: float = 15.0,
-    sigma_xy: float = 100.0,
-    scale: float = 0.5,
-    exact_max_pixels: int = 4096,
-    samples: int = 4096,
+    sigma_rgb: float = _REG["reg_sigma_rgb"],
+    sigma_xy: float = _REG["reg_sigma_xy"],
+    scale: float = _REG["reg_scale"],
+    exact_max_pixels: int = _REG["reg_exact_max_pixels"],
+    samples: int = _REG["reg_samples"],
     generator: torch.Generator | None = None,
-    normalize: str = "pixels",
+    normalize: str = _REG["reg_normalize"],
 ) -> Tensor:
     """Dense-CRF (Potts) regularised loss of Tang et al. 2018 (spec section 5, ``L_reg``).
 
@@ -159,13 +162,15 @@ def dense_crf_energy_loss(
     the same at every ``scale``, and no self pair. ``E`` is 0 for hard labels that agree
     everywhere and grows with the kernel weight of pairs that are labelled differently.
 
-    Normalisation (``normalize="pixels"``, the default): each image's energy is divided by its
-    number of valid pixels at the loss resolution, and the result is averaged over the batch. The
-    loss is then the average, per pixel, of the kernel weight it sends to the other classes, so it
-    does not scale with the batch size nor with the area of the crop that is padding. Note it is
-    not resolution free: a pixel's kernel mass ``sum_j W_ij`` grows with the number of pixels
-    within ``sigma_xy``. ``normalize="sum"`` returns the un-normalised energy summed over pixels
-    and averaged over images, which is the scale of the authors' ``DenseEnergyLoss`` (they divide
+    The defaults are the config's (``loss.reg_*`` in ``DEFAULTS``).
+
+    Normalisation: ``normalize="pixels"`` divides each image's energy by its number of valid
+    pixels at the loss resolution, and averages the result over the batch. The loss is then the
+    average, per pixel, of the kernel weight it sends to the other classes, so it does not scale
+    with the batch size nor with the area of the crop that is padding. Note it is not resolution
+    free: a pixel's kernel mass ``sum_j W_ij`` grows with the number of pixels within
+    ``sigma_xy``. ``normalize="sum"`` (the config's) returns the un-normalised energy summed over
+    pixels and averaged over images, which is the scale of the authors' ``DenseEnergyLoss`` (they divide
     by the number of images and multiply by a weight of 1e-7; their value is ``-sum_k S_k^T W S_k``,
     which differs from ``E`` by the constant ``-1^T W 1`` and has the same gradient when the
     probabilities sum to one, and they additionally weight pixels by ``1 - max_k S_k`` where a

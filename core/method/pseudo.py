@@ -22,31 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from core.method.cam import allowed_channels, background_softmax
 from core.method.par import DEFAULT_DILATIONS, refine_with_par
-
-
-def allowed_channels(cls_label: Tensor) -> Tensor:
-    """(B, C) bool: background (always) and the classes of the image label (B, C - 1)."""
-    bg = torch.ones_like(cls_label[:, :1], dtype=torch.bool)
-    return torch.cat([bg, cls_label > 0], dim=1)
-
-
-def _background_softmax(cam: Tensor, keep: Tensor, bg_score: float) -> Tensor:
-    """Softmax over ``[constant bg_score, cam channels]`` where ``keep`` (B, M + 1) is True; the other
-    channels are -inf before the softmax, hence exactly 0 after. cam (B, M, H, W) -> (B, M + 1, H, W)."""
-    b, _, h, w = cam.shape
-    stack = torch.cat([cam.new_full((b, 1, h, w), bg_score), cam], dim=1)
-    return stack.masked_fill(~keep[:, :, None, None], float("-inf")).softmax(dim=1)
-
-
-def scores_with_background(cam: Tensor, cls_label: Tensor, bg_score: float) -> Tensor:
-    """Softmax over ``[constant background bg_score, present classes]`` of the CAM.
-
-    cam: (B, C - 1, H, W); cls_label: (B, C - 1) multi-hot. Returns (B, C, H, W) probabilities;
-    absent classes are set to -inf before the softmax, so their channel is exactly 0 and the
-    softmax runs over background and the present classes only.
-    """
-    return _background_softmax(cam, allowed_channels(cls_label), bg_score)
 
 
 def combine_two_background_labels(label_high: Tensor, label_low: Tensor, ignore_index: int = 255) -> Tensor:
@@ -159,8 +136,7 @@ def refine_label_two_backgrounds(
     if index.shape[1]:
         cam_small = F.interpolate(cam.gather(1, index), size=small.shape[-2:], mode="bilinear",
                                   align_corners=False)
-    runs = torch.stack([_background_softmax(cam_small, slot_valid, high),
-                        _background_softmax(cam_small, slot_valid, low)], dim=1)
+    runs = background_softmax(cam_small, slot_valid, (high, low))
     labels, steps = _par_argmax(small, runs, order, slot_valid, tuple(image.shape[-2:]), dilations,
                                 iters, w1, w2, kernel, upsample_first=False, return_steps=return_steps)
     label = _finish(labels, valid, ignore_index)

@@ -201,20 +201,3 @@ class AFANet(nn.Module):
         seg = self.decoder(enc.features).float() if with_decoder and self.decoder is not None else None
         aff = self.affinity(enc) if with_affinity else None
         return AFAOutput(logits, cam, seg, aff, enc)
-
-    def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """encoder (lr), encoder_norm (frozen by default), heads (10x lr)."""
-        norm_types = (nn.LayerNorm, nn.BatchNorm2d, nn.GroupNorm, nn.SyncBatchNorm)
-        norm_ids = {
-            id(p)
-            for m in self.encoder.modules()
-            if isinstance(m, norm_types)
-            for p in m.parameters(recurse=False)
-        }
-        groups: dict[str, list[nn.Parameter]] = {"encoder": [], "encoder_norm": [], "heads": []}
-        for p in self.encoder.parameters():
-            groups["encoder_norm" if id(p) in norm_ids else "encoder"].append(p)
-        for name, p in self.named_parameters():
-            if not name.startswith("encoder."):
-                groups["heads"].append(p)
-        return groups

@@ -8,20 +8,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from core.method.cam import (
+    allowed_channels,
     cam_to_label,
     cam_to_three_way_label,
     combine_multiscale_cams,
     gate_cam,
     max_with_flip,
     normalize_cam,
+    scores_with_background,
 )
 from core.method.par import refine_with_par
 from core.method.pseudo import (
-    allowed_channels,
     combine_two_background_labels,
     labels_from_background_runs,
     refine_label_two_backgrounds,
-    scores_with_background,
 )
 
 IGN = 255
@@ -226,3 +226,18 @@ def test_valid_mask_kernel_reuse_and_no_classes() -> None:
     probs = scores_with_background(cam, cls, 0.55)
     label_rw = labels_from_background_runs(image, probs, probs, cls, valid=valid, kernel=kernel)
     assert (label_rw[:, 40:] == IGN).all()
+
+
+def test_background_softmax_several_scores_on_a_token_grid() -> None:
+    """(B, M, N) maps, two background scores at once: one softmax per score over the kept channels."""
+    from core.method.cam import background_softmax
+
+    cam = torch.tensor([[[0.2, 0.9, 0.0], [5.0, 5.0, 5.0]]])  # (1, 2 classes, 3 tokens); class 2 absent
+    keep = torch.tensor([[True, True, False]])
+    probs = background_softmax(cam, keep, (0.5, 0.1))
+    assert probs.shape == (1, 2, 3, 3)
+    for s, bg in enumerate((0.5, 0.1)):
+        for n in range(3):
+            expected = torch.tensor([bg, float(cam[0, 0, n])]).softmax(0)
+            torch.testing.assert_close(probs[0, s, :2, n], expected)
+    assert torch.equal(probs[:, :, 2], torch.zeros(1, 2, 3))  # the absent class: exactly 0

@@ -105,12 +105,13 @@ def _energy_inputs(seed: int, b: int = 1, k: int = 3, h: int = 5, w: int = 4, do
 
 
 SIG = {"sigma_rgb": 15.0, "sigma_xy": 2.0}
+PIXELS = {**SIG, "normalize": "pixels"}  # the loss per pixel: the scale the references compute
 
 
 def test_energy_exact_equals_naive_double_loop_with_gradient():
     logits, image = _energy_inputs(0)
     logits.requires_grad_(True)
-    loss = dense_crf_energy_loss(logits.softmax(1), image, scale=1.0, **SIG)
+    loss = dense_crf_energy_loss(logits.softmax(1), image, scale=1.0, **PIXELS)
     ref_logits = logits.detach().clone().requires_grad_(True)
     ref = naive_energy(ref_logits.softmax(1)[0], image[0], **SIG)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-9)
@@ -123,7 +124,7 @@ def test_energy_exact_equals_naive_double_loop_with_gradient():
 def test_energy_at_half_scale_keeps_sigma_xy_in_full_resolution_pixels():
     logits, image = _energy_inputs(1, h=10, w=8)
     probs = logits.softmax(1)
-    loss = dense_crf_energy_loss(probs, image, scale=0.5, **SIG)
+    loss = dense_crf_energy_loss(probs, image, scale=0.5, **PIXELS)
     small_p = F.interpolate(probs, size=(5, 4), mode="bilinear", align_corners=False)
     small_i = F.interpolate(image, size=(5, 4), mode="bilinear", align_corners=False)
     ref = naive_energy(small_p[0], small_i[0], step=2.0, **SIG)
@@ -133,9 +134,9 @@ def test_energy_at_half_scale_keeps_sigma_xy_in_full_resolution_pixels():
 def test_energy_chunking_does_not_change_the_result(monkeypatch):
     logits, image = _energy_inputs(2, b=2, h=6, w=5)
     probs = logits.softmax(1)
-    full = dense_crf_energy_loss(probs, image, scale=1.0, **SIG)
+    full = dense_crf_energy_loss(probs, image, scale=1.0, **PIXELS)
     monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", 7)  # a few rows at a time
-    chunked = dense_crf_energy_loss(probs, image, scale=1.0, **SIG)
+    chunked = dense_crf_energy_loss(probs, image, scale=1.0, **PIXELS)
     assert chunked.item() == pytest.approx(full.item(), rel=1e-12)
 
 
@@ -143,25 +144,25 @@ def test_energy_is_zero_for_one_hot_single_class():
     _, image = _energy_inputs(3)
     probs = torch.zeros(1, 3, 5, 4, dtype=torch.float64)
     probs[:, 1] = 1.0
-    assert dense_crf_energy_loss(probs, image, scale=1.0, **SIG).item() == pytest.approx(0.0, abs=1e-12)
+    assert dense_crf_energy_loss(probs, image, scale=1.0, **PIXELS).item() == pytest.approx(0.0, abs=1e-12)
 
 
 def test_energy_positive_for_a_split_and_invariant_to_class_permutation():
     logits, image = _energy_inputs(4)
     probs = logits.softmax(1)
-    base = dense_crf_energy_loss(probs, image, scale=1.0, **SIG)
+    base = dense_crf_energy_loss(probs, image, scale=1.0, **PIXELS)
     assert base.item() > 0
-    permuted = dense_crf_energy_loss(probs[:, [2, 0, 1]], image, scale=1.0, **SIG)
+    permuted = dense_crf_energy_loss(probs[:, [2, 0, 1]], image, scale=1.0, **PIXELS)
     assert permuted.item() == pytest.approx(base.item(), rel=1e-12)
 
 
 def test_energy_batch_mean_and_sum_normalisation():
     logits, image = _energy_inputs(5, b=2)
     probs = logits.softmax(1)
-    both = dense_crf_energy_loss(probs, image, scale=1.0, **SIG)
-    each = [dense_crf_energy_loss(probs[i : i + 1], image[i : i + 1], scale=1.0, **SIG) for i in range(2)]
+    both = dense_crf_energy_loss(probs, image, scale=1.0, **PIXELS)
+    each = [dense_crf_energy_loss(probs[i : i + 1], image[i : i + 1], scale=1.0, **PIXELS) for i in range(2)]
     assert both.item() == pytest.approx((each[0].item() + each[1].item()) / 2, rel=1e-12)
-    summed = dense_crf_energy_loss(probs, image, scale=1.0, normalize="sum", **SIG)
+    summed = dense_crf_energy_loss(probs, image, scale=1.0, **{**SIG, "normalize": "sum"})
     assert summed.item() == pytest.approx(20 * both.item(), rel=1e-12)
 
 
@@ -171,7 +172,7 @@ def test_energy_valid_mask_excludes_pixels():
     valid = torch.ones(1, 5, 4, dtype=torch.bool)
     valid[:, :, 3] = False  # last column is padding
     valid[:, 0, 0] = False
-    loss = dense_crf_energy_loss(probs, image, valid=valid, scale=1.0, **SIG)
+    loss = dense_crf_energy_loss(probs, image, valid=valid, scale=1.0, **PIXELS)
     ref = naive_energy(probs[0], image[0], valid=valid[0], **SIG)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-9)
     # whatever the excluded pixels hold changes nothing
@@ -179,16 +180,16 @@ def test_energy_valid_mask_excludes_pixels():
     other[:, :, :, 3] = torch.tensor([1.0, 0.0, 0.0], dtype=other.dtype)[:, None]
     other_image = image.clone()
     other_image[:, :, 0, 0] = 0.0
-    again = dense_crf_energy_loss(other, other_image, valid=valid, scale=1.0, **SIG)
+    again = dense_crf_energy_loss(other, other_image, valid=valid, scale=1.0, **PIXELS)
     assert again.item() == pytest.approx(loss.item(), rel=1e-12)
-    nothing = dense_crf_energy_loss(probs, image, valid=torch.zeros_like(valid), scale=1.0, **SIG)
+    nothing = dense_crf_energy_loss(probs, image, valid=torch.zeros_like(valid), scale=1.0, **PIXELS)
     assert nothing.item() == 0.0
 
 
 def test_energy_monte_carlo_is_unbiased():
     logits, image = _energy_inputs(7, h=6, w=5, double=False)
     logits = logits.requires_grad_(True)
-    exact = dense_crf_energy_loss(logits.softmax(1), image, scale=1.0, **SIG)
+    exact = dense_crf_energy_loss(logits.softmax(1), image, scale=1.0, **PIXELS)
     (exact_grad,) = torch.autograd.grad(exact, logits)
     # Every image of a batch draws its own partners, so a batch of copies averages many independent
     # estimates in one call (the loss is the batch mean, its gradient the mean gradient).
@@ -196,14 +197,20 @@ def test_energy_monte_carlo_is_unbiased():
     g = torch.Generator().manual_seed(0)
     probs = logits.softmax(1).expand(copies, -1, -1, -1)
     mc = dense_crf_energy_loss(
-        probs, image.expand(copies, -1, -1, -1), scale=1.0, exact_max_pixels=0, samples=16, generator=g, **SIG
+        probs,
+        image.expand(copies, -1, -1, -1),
+        scale=1.0,
+        exact_max_pixels=0,
+        samples=16,
+        generator=g,
+        **PIXELS,
     )
     (mc_grad,) = torch.autograd.grad(mc, logits)
     assert mc.item() == pytest.approx(exact.item(), rel=0.02)
     assert (mc_grad - exact_grad).norm() < 0.05 * exact_grad.norm()
     one = [
         dense_crf_energy_loss(
-            logits.softmax(1), image, scale=1.0, exact_max_pixels=0, samples=16, generator=g, **SIG
+            logits.softmax(1), image, scale=1.0, exact_max_pixels=0, samples=16, generator=g, **PIXELS
         ).item()
         for _ in range(2)
     ]
@@ -215,7 +222,7 @@ def test_energy_monte_carlo_respects_valid_mask():
     probs = logits.softmax(1)
     valid = torch.ones(1, 6, 5, dtype=torch.bool)
     valid[:, 3:] = False
-    exact = dense_crf_energy_loss(probs, image, valid=valid, scale=1.0, **SIG)
+    exact = dense_crf_energy_loss(probs, image, valid=valid, scale=1.0, **PIXELS)
     copies = 2000
     g = torch.Generator().manual_seed(1)
     mc = dense_crf_energy_loss(
@@ -226,6 +233,6 @@ def test_energy_monte_carlo_respects_valid_mask():
         exact_max_pixels=0,
         samples=8,
         generator=g,
-        **SIG,
+        **PIXELS,
     )
     assert mc.item() == pytest.approx(exact.item(), rel=0.02)

@@ -84,7 +84,9 @@ def test_cam_forward_never_runs_the_decoder(model, monkeypatch):
 
 
 def test_param_groups_partition_and_freeze_norms(model):
-    groups = model.param_groups()
+    from core.optim import split_parameters
+
+    groups = split_parameters(model)
     ids = [id(p) for g in groups.values() for p in g]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
     names = {id(p): n for n, p in model.named_parameters()}
