@@ -238,6 +238,10 @@ def write_status(run_dir: str | Path, state: str, step: int, max_iters: int, mes
 
 
 def can_resume(run_dir: str | Path) -> bool:
-    """Whether ``python -m core.train --resume run_dir`` can continue the run: it holds a
-    training state (the one rule; ``core.train`` and the app's Resume both ask it)."""
-    return (Path(run_dir) / STATE_FILE).is_file()
+    """Whether ``python -m core.train --resume run_dir`` can continue the run: its training state
+    passes ``read_train_state_info``, the check ``core.train`` makes (the app's Resume asks here)."""
+    try:
+        read_train_state_info(run_dir)
+    except UserError:
+        return False
+    return True

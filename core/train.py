@@ -33,6 +33,9 @@ from core.optim import WarmupPoly, build_optimizer
 from core.precision import resolve_precision
 from core.runstate import (
     CHECKPOINT_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    SAMPLES_FILE,
     STATE_FILE,
     capture_rng,
     checkpoint_step,
@@ -47,6 +50,10 @@ from core.runstate import (
 )
 
 SAMPLE_KEYS = ("cam_label", "par_label", "aff_label", "seg_pred")
+# Resumed with another number of processes, the saved random streams do not fit: rank r reseeds
+# from seed + RESEED_RANK_STRIDE * r + step, its own stream (a prime stride, larger than the
+# ranks ever used) that also differs from the stream of a resume at another step.
+RESEED_RANK_STRIDE = 7919
 
 
 # ---------------------------------------------------------------- small helpers around the loop
@@ -114,7 +121,7 @@ class RunLog:
         if not self.enabled:
             return
         line = _finite(line)
-        with open(self.run_dir / "metrics.jsonl", "a") as fh:
+        with open(self.run_dir / METRICS_FILE, "a") as fh:
             fh.write(json.dumps(line) + "\n")
         if self.tb is not None:
             prefix = line["kind"]
@@ -142,7 +149,7 @@ class RunLog:
 
     def forget_after(self, step: int) -> None:
         """On resume: drop metrics lines of steps after the saved state (they will be redone)."""
-        path = self.run_dir / "metrics.jsonl"
+        path = self.run_dir / METRICS_FILE
         if not self.enabled or not path.is_file():
             return
         kept = []
@@ -252,7 +259,7 @@ def setup_run(args: Any) -> tuple[dict, Path | None, bool]:
         if not run_dir.is_dir():
             raise UserError(f"cannot resume {run_dir}: no such folder")
         read_train_state_info(run_dir)  # a run folder with a complete training state, or a UserError
-        cfg = load_config(run_dir / "config.yaml", args.overrides)
+        cfg = load_config(run_dir / CONFIG_FILE, args.overrides)
         check_train_config(cfg)
         return cfg, run_dir, True
     if not args.config:
@@ -263,7 +270,7 @@ def setup_run(args: Any) -> tuple[dict, Path | None, bool]:
 
 
 def holds_run(run_dir: Path) -> bool:
-    return (run_dir / STATE_FILE).exists() or (run_dir / "metrics.jsonl").exists()
+    return (run_dir / STATE_FILE).exists() or (run_dir / METRICS_FILE).exists()
 
 
 def new_run_dir(cfg: dict, config_path: str, run_dir: Path | None) -> Path:
@@ -321,7 +328,7 @@ def train(cfg: dict, run_dir: Path, resume: bool, info: ddp.DistInfo, device: to
         else:
             log.console(f"note: resumed with {info.world_size} processes instead of {len(state.rng)}; "
                         "random streams are reseeded, so the run is no longer bit-identical")
-            seed_everything(seed + 7919 * info.rank + step)
+            seed_everything(seed + RESEED_RANK_STRIDE * info.rank + step)
         if info.is_main and checkpoint_step(run_dir / CHECKPOINT_FILE) != step:  # crashed between writes
             save_model_checkpoint(run_dir / CHECKPOINT_FILE, model, cfg, step, metrics)
         log.forget_after(step)
@@ -391,7 +398,7 @@ def train(cfg: dict, run_dir: Path, resume: bool, info: ddp.DistInfo, device: to
                         "images_per_s": t["batch_size"] * info.world_size / step_time}
                 log.metrics(line)
                 if info.is_main:
-                    save_samples(run_dir / "samples" / "latest.npz", batch, result.labels)
+                    save_samples(run_dir / SAMPLES_FILE, batch, result.labels)
                 log.console(f"step {step}/{max_iters}  loss {_num(logs.get('loss')):.4f}  "
                             f"lr {line['lr']:.2e}  {step_time:.3f} s/step")
                 log.status("running", step)
@@ -448,7 +455,7 @@ def _main(argv: list[str] | None) -> int:
             run_dir.mkdir(parents=True, exist_ok=True)
             status_dir = run_dir
             remove_stale_temp_files(run_dir)  # left by a kill -9 during a save of this run
-            atomic_write(run_dir / "config.yaml",
+            atomic_write(run_dir / CONFIG_FILE,
                          lambda p: p.write_text(yaml.safe_dump(cfg, sort_keys=False)))
         max_iters_hint = cfg["train"]["max_iters"]
         log = RunLog(run_dir, max_iters_hint, info.is_main, 0)
