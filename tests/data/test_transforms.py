@@ -62,12 +62,11 @@ def test_geometry_box_matches_the_scaled_size() -> None:
     for _ in range(50):
         g = draw_geometry(30, 50, rng, 64, None, (0.5, 3.0), True)
         y0, y1, x0, x1 = g.valid_box()
-        assert y1 - y0 == min(g.scaled_h, 64) or g.scaled_h > 64
-        assert x1 - x0 == min(g.scaled_w, 64) or g.scaled_w > 64
-        if g.scaled_h <= 64:
-            assert y1 - y0 == g.scaled_h
-        else:
-            assert (y0, y1) == (0, 64)
+        for size, (start, stop) in ((g.scaled_h, (y0, y1)), (g.scaled_w, (x0, x1))):
+            if size <= 64:
+                assert stop - start == size  # the whole scaled image, padded around
+            else:
+                assert (start, stop) == (0, 64)  # a crop of it: no padding
 
 
 @pytest.mark.parametrize("flip", [False, True])
