@@ -1,32 +1,116 @@
-"""Print Markdown tables from evaluation JSON files (python -m core.evaluate --out ...).
+"""Markdown tables from evaluation JSON files (``python -m core.evaluate --per-image --out ...``).
 
-    python scripts/results_table.py NAME=FILE.json [NAME=FILE.json ...]
+    python scripts/results_table.py NAME=FILE.json [NAME=FILE.json ...] [--bootstrap 1000]
+    python scripts/results_table.py --gain "rw_afa_label-par_label" NAME=FILE.json ...
+
+Each cell is the dataset mIoU (%). With per-image results in the files, ``--bootstrap N`` adds a
+95 % interval from resampling the images with replacement (N times; the confusion matrices of
+the drawn images are summed, so each replicate is a dataset mIoU computed as the real one), and
+``--gain A-B`` prints, per file, the difference of two stages with its paired interval (the same
+resampled images for both stages): a gain whose interval excludes 0 is not noise.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for core
+from core.method.metrics import ConfusionMatrix  # noqa: E402
 
 STAGES = ["cam_label", "par_label", "rw_mhsa_label", "rw_afa_label", "seg_label", "seg_crf_label"]
 
 
-def main(argv: list[str]) -> int:
-    rows = []
-    for item in argv:
+def per_image_counts(data: dict, stage: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-image confusion matrices ``(n, C, C)`` and prediction-less pixel counts ``(n, C)`` of
+    ``stage``, or None when the file has no per-image results for it."""
+    entries = list((data.get("per_image") or {}).values())
+    if not entries or any(stage not in e["stages"] for e in entries):
+        return None
+    mats = np.stack([np.asarray(e["stages"][stage]["confusion"], np.int64) for e in entries])
+    unpred = np.stack([np.asarray(e["stages"][stage]["unpredicted"], np.int64) for e in entries])
+    return mats, unpred
+
+
+def bootstrap(counts: tuple[np.ndarray, np.ndarray], draws: np.ndarray) -> np.ndarray:
+    """Dataset mIoU of each replicate, ``draws (N, n)`` image indices -> ``(N,)``: the drawn
+    images' counts summed, then scored by core's ``ConfusionMatrix`` (the evaluator's own rule)."""
+    mats, unpred = counts
+    weights = np.stack([np.bincount(d, minlength=len(mats)) for d in draws])  # (N, n)
+    summed = np.einsum("rn,nij->rij", weights, mats)
+    summed_unpred = weights @ unpred
+    return np.array([ConfusionMatrix.from_counts(m, u).miou() for m, u in zip(summed, summed_unpred)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python scripts/results_table.py", description=__doc__.split("\n")[0])
+    p.add_argument("files", nargs="+", metavar="NAME=FILE.json")
+    p.add_argument("--bootstrap", type=int, default=0, help="replicates for 95 %% intervals (0: none)")
+    p.add_argument(
+        "--gain",
+        action="append",
+        default=[],
+        metavar="A-B",
+        help="stage difference, e.g. rw_afa_label-par_label",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    rng = np.random.default_rng(args.seed)
+    loaded = []
+    for item in args.files:
         name, _, path = item.partition("=")
-        data = json.load(open(path or name))
+        with open(path or name) as fh:
+            loaded.append((name, json.load(fh)))
+    draws_cache: dict[int, np.ndarray] = {}
+
+    def draws_for(n: int) -> np.ndarray:
+        if n not in draws_cache:
+            draws_cache[n] = rng.integers(0, n, size=(args.bootstrap, n))
+        return draws_cache[n]
+
+    print("| model | " + " | ".join(STAGES) + " | cls F1 | images |")
+    print("|---" * (len(STAGES) + 3) + "|")
+    for name, data in loaded:
         cells = []
         for stage in STAGES:
             entry = data["stages"].get(stage)
-            cells.append(f"{100 * entry['miou']:.1f}" if entry and entry.get("miou") is not None else "-")
-        rows.append(f"| {name} | " + " | ".join(cells) + f" | {100 * data.get('cls_f1', float('nan')):.1f} | "
-                    f"{data.get('n_images', '?')} |")
-    print("| model | " + " | ".join(STAGES) + " | cls F1 | images |")
-    print("|---" * (len(STAGES) + 3) + "|")
-    print("\n".join(rows))
+            if not entry or entry.get("miou") is None:
+                cells.append("-")
+                continue
+            cell = f"{100 * entry['miou']:.1f}"
+            counts = per_image_counts(data, stage) if args.bootstrap else None
+            if counts is not None:
+                lo, hi = np.percentile(bootstrap(counts, draws_for(len(counts[0]))), [2.5, 97.5]) * 100
+                cell += f" [{lo:.1f}, {hi:.1f}]"
+            cells.append(cell)
+        f1 = data.get("cls_f1")
+        print(
+            f"| {name} | " + " | ".join(cells) + f" | {100 * f1:.1f} | {data.get('n_images', '?')} |"
+            if f1 is not None
+            else f"| {name} | " + " | ".join(cells) + f" | - | {data.get('n_images', '?')} |"
+        )
+    for gain in args.gain:
+        a, _, b = gain.partition("-")
+        print(f"\n{a} - {b} (mIoU points, 95 % paired bootstrap interval):")
+        for name, data in loaded:
+            ma, mb = per_image_counts(data, a), per_image_counts(data, b)
+            if ma is None or mb is None or a not in data["stages"] or b not in data["stages"]:
+                continue
+            diff = 100 * (data["stages"][a]["miou"] - data["stages"][b]["miou"])
+            d = draws_for(len(ma[0]))
+            reps = (bootstrap(ma, d) - bootstrap(mb, d)) * 100 if args.bootstrap else None
+            ci = (
+                f" [{np.percentile(reps, 2.5):.1f}, {np.percentile(reps, 97.5):.1f}]"
+                if reps is not None
+                else ""
+            )
+            print(f"- {name}: {diff:+.1f}{ci}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(main())

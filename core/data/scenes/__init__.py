@@ -4,9 +4,9 @@
 train and 300 val images of 192 px, seed 0, the ``SceneOptions()`` defaults. Each image holds
 1-3 Fashion-MNIST items of five well-separated classes (top, trouser, dress, shoe, bag: the ten
 source classes grouped, see ``sprites.CLASS_SETS``), enlarged 2.4-4.2x (4-7 tokens at stride 16),
-rotated, partly occluded, on a textured background with class-free clutter. The items are
-camouflaged: background, clutter and items draw their colours from one palette per image and
-items are multi-coloured, so appearance alone does not say what is object (see ``compose``).
+rotated, partly occluded, on a textured background with class-free clutter. Half of the images
+are camouflaged: background, clutter and items draw their colours from one palette per image and
+items are multi-coloured, so appearance alone does not complete an object (see ``compose``).
 Recognition is easy (distinct silhouettes); localisation from image labels is the hard part.
 
 Masks are exact because we draw the images: a pixel belongs to the class that makes up most of

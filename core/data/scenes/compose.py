@@ -1,13 +1,14 @@
 """Drawing one scene: background, clutter and items, with the exact mask.
 
 What makes the benchmark a test of *localisation* (see the package docstring and the README):
-with ``camouflage`` (the default), every image draws a small palette of colours, and the
-background, the clutter and the items all take their colours and textures from it; items are
-multi-coloured (two or three palette colours in patches, halves or stripes). So no colour or
-texture says "object" or "background": PAR, which spreads labels along similar colours, cannot
-complete an object on appearance alone, while the items' silhouettes and inner shading (the
-Fashion-MNIST pixels) keep them easy to recognise. ``camouflage=0`` gives the earlier look
-(items in one colour chosen to contrast with what lies under them), byte for byte.
+half of the images (``camouflage``) are drawn from one small palette of colours per image: the
+background's gradient, the clutter and the items all take their colours from it, and items are
+multi-coloured (two or three palette colours in patches, halves or stripes) with mottling like
+the background's. There PAR, which spreads labels along similar colours, cannot complete an
+object from the part its CAM found, and colour does not say "object". The items' colours still
+differ from what they cover and their inner shading (the Fashion-MNIST pixels) stays, so the
+silhouette, which makes the class easy to recognise, stays visible. The other half are drawn as
+before (one contrasting colour per item); ``camouflage=0`` gives exactly the earlier images.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ ALPHA_LOW, ALPHA_HIGH = 12.0, 45.0  # item intensity -> alpha ramp (0..255 scale
 SOLID_ALPHA = 0.5  # an item "covers" a pixel (for occlusion and visibility) where alpha >= 0.5
 _SPLIT_CODE = {"train": 0, "val": 1}
 FIT_MARGIN = 1.3  # an item's side (28 px x scale) times this must fit in the image
+CONTRAST = 80.0  # camouflaged items: palette colours this far (L1, 0-255) from what they cover
 
 
 @dataclass
@@ -42,7 +44,9 @@ class SceneOptions:
     min_pixels: int = 120  # labelled pixels a class needs to count in the image label
     texture: float = 0.5  # probability that an item gets a gradient / pattern fill
     max_rotation: float = 20.0  # degrees
-    camouflage: float = 1.0  # probability that an image's items share the background's palette
+    # share of images drawn camouflaged (multi-coloured items in the background's palette); 0.5
+    # trades localisation difficulty against recognition within a CPU budget (measured, README)
+    camouflage: float = 0.5
     class_set: str = DEFAULT_CLASS_SET  # "groups" (5 classes) | "fashion10" (the source's 10)
     quality: int = 95  # JPEG quality
 
@@ -55,7 +59,7 @@ class SceneOptions:
         if self.scale_max > fits:
             raise UserError(
                 f"items enlarged up to --scale-max {self.scale_max:g}x do not fit in --size {self.size} px "
-                f"images: use --scale-max {fits:.2f} or less (and --scale-min at most that) or a larger --size"
+                f"images: use --scale-max {fits:.2f} or less (--scale-min at most that) or a larger --size"
             )
         if not 0.0 <= self.occlusion < 1.0:
             raise UserError("--occlusion must be in [0, 1)")
@@ -122,9 +126,7 @@ def _patches(rng: np.random.Generator, h: int, w: int, k: int, cells: tuple[int,
 def _background(rng: np.random.Generator, size: int, palette: np.ndarray | None = None) -> np.ndarray:
     """A smooth colour field with texture: ``(S, S, 3)`` float32 in about 0..255.
 
-    With a ``palette`` (camouflage), the two gradient colours come from it and irregular patches
-    of two more palette colours cover part of the field, so every item colour also occurs in the
-    background.
+    With a ``palette`` (camouflage), the two gradient colours come from it.
 
     The colour part (a gradient between two colours plus low-frequency colour noise) is built at
     1/4 resolution and upsampled bilinearly (exact for the gradient, smooth for the noise); the
@@ -142,10 +144,6 @@ def _background(rng: np.random.Generator, size: int, palette: np.ndarray | None 
     t = np.clip(0.5 + (np.cos(theta) * xx + np.sin(theta) * yy) * rng.uniform(0.5, 1.5), 0, 1)
     colour = c0 + (c1 - c0) * t[..., None]
     colour += _smooth_noise(rng, low, int(rng.integers(2, 6))) * rng.uniform(15, 50)
-    if palette is not None:  # patches of palette colours over about half of the field
-        picks = palette[rng.choice(len(palette), 2, replace=False)]
-        w = _patches(rng, low, low, 4, (3, 7))
-        colour = colour * (w[..., :2].sum(-1, keepdims=True)) + w[..., 2:] @ picks
     colour = cv2.resize(colour, (size, size), interpolation=cv2.INTER_LINEAR)
 
     lum = _grain(rng, (size, size), rng.uniform(2, 7))
@@ -286,14 +284,28 @@ def _item_fill(
 
 
 def _camouflage_fill(
-    rng: np.random.Generator, intensity: np.ndarray, palette: np.ndarray, texture_prob: float
+    rng: np.random.Generator,
+    intensity: np.ndarray,
+    palette: np.ndarray,
+    texture_prob: float,
+    under: np.ndarray,
 ) -> np.ndarray:
     """The colours of a camouflaged item ``(h, w, 3)`` float32: two or three palette colours laid
     out as patches, two halves or stripes (a single colour in one item of five), then optionally a
-    texture, shaded by the item's own intensity as in ``_item_fill``."""
+    texture, shaded by the item's own intensity as in ``_item_fill``.
+
+    The colours are the palette's, so each also occurs in the background and the clutter; only
+    those that differ from ``under`` (the mean colour of what the item covers) are used, so that
+    the item's outline stays visible where it is placed: the silhouette is what makes the class
+    easy to recognise (measured: with the item's own colour allowed to match its surroundings,
+    classification after 200 iterations reached F1 0.35 against 0.77 with contrasting items)."""
     h, w = intensity.shape
     k = 1 if rng.random() < 0.2 else int(rng.integers(2, 4))
-    colours = palette[rng.choice(len(palette), k, replace=False)]
+    distance = np.abs(palette - under).sum(-1)
+    contrasting = np.flatnonzero(distance > CONTRAST)
+    if len(contrasting) < k:  # too few: the k colours farthest from what lies under the item
+        contrasting = np.argsort(distance)[-k:]
+    colours = palette[rng.choice(contrasting, k, replace=False)]
     if k == 1:
         fill = np.broadcast_to(colours[0], (h, w, 3)).astype(np.float32)
     else:
@@ -440,7 +452,12 @@ def _compose_scene(sprites: SpriteSet, rng: np.random.Generator, opts: SceneOpti
         y0, y1, x0, x1 = item.box
         local = canvas[y0:y1, x0:x1]
         if palette is not None:
-            fill = _camouflage_fill(rng, item.intensity, palette, opts.texture)
+            under = (
+                local[item.alpha >= SOLID_ALPHA].mean(0)
+                if (item.alpha >= SOLID_ALPHA).any()
+                else local.mean((0, 1))
+            )
+            fill = _camouflage_fill(rng, item.intensity, palette, opts.texture, under)
         else:
             colour = _random_colour(rng, (0.35, 1.0), (0.45, 1.0))
             for _ in range(6):  # keep the item distinguishable from what lies under it
