@@ -260,6 +260,9 @@ def parse_args(argv: list[str] | None) -> Any:
     p.add_argument("--seg-merge", choices=["max", "mean"], default=None,
                    help="combine the segmentation scales by the max at stride 4 (the authors', "
                         "default: the checkpoint's infer.seg_merge) or the mean at image size")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="settings",
+                   help="evaluate with another method setting (cam, par, affinity or infer section), "
+                   "e.g. --set affinity.radius=3; repeatable")
     p.add_argument("--per-image", action="store_true",
                    help="add a per_image section: per image and stage its mIoU, class IoUs and "
                         "confusion matrix")
@@ -302,6 +305,26 @@ def open_evaluation(checkpoint: str | Path, root: str | Path, split: str = "val"
     return cfg, dataset
 
 
+METHOD_SECTIONS = ("cam", "par", "affinity", "infer")
+
+
+def apply_method_settings(model: Any, cfg: dict, settings: list[str]) -> None:
+    """Override method settings (``section.key=value``, sections ``METHOD_SECTIONS``) in ``cfg``
+    and in the model's saved config, which ``core.analyze`` reads; validated like a config file."""
+    from core.config import load_config
+
+    for item in settings:
+        if item.split(".", 1)[0] not in METHOD_SECTIONS:
+            raise UserError(f"--set {item}: only the {', '.join(METHOD_SECTIONS)} sections can be changed")
+    checked = load_config(None, settings)  # parses and validates the values
+    saved = model.meta.setdefault("config", {})
+    for item in settings:
+        section, key = item.split("=", 1)[0].strip().split(".", 1)
+        value = checked[section][key.split(".")[0]]
+        cfg[section][key.split(".")[0]] = value
+        saved.setdefault(section, {})[key.split(".")[0]] = value
+
+
 def run(args: Any) -> dict[str, Any]:
     from core import load_model
 
@@ -316,12 +339,15 @@ def run(args: Any) -> dict[str, Any]:
     info, device = ddp.init_distributed(args.device)
     cfg, dataset = open_evaluation(args.checkpoint, args.data, args.split, args.dataset_kind, args.seg_merge)
     model = load_model(args.checkpoint, device=device)
+    if args.settings:
+        apply_method_settings(model, cfg, args.settings)
     result = evaluate_model(model, dataset, cfg, limit=args.limit, crf=args.crf, rank=info.rank,
                             world_size=info.world_size, scales=args.scales, progress=True,
                             labels=args.labels, precision=args.precision,
                             per_image=args.per_image)
     return {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,
-            "dataset_kind": cfg["data"]["name"], "crf": bool(args.crf), **result}
+            "dataset_kind": cfg["data"]["name"], "crf": bool(args.crf), "settings": list(args.settings),
+            **result}
 
 
 def main(argv: list[str] | None = None) -> int:

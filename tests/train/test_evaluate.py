@@ -110,3 +110,22 @@ def test_headline_miou_is_the_segmentation_else_the_best_pseudo_label():
     assert headline_miou({"cam_label": 0.41, "par_label": 0.63}) == ("par_label", 0.63)  # a CAM-only model
     assert headline_miou({"cam_label": None, "par_label": float("nan")}) is None
     assert headline_miou(0.5) == ("miou", 0.5) and headline_miou(None) is None and headline_miou(True) is None
+
+
+def test_set_changes_only_the_named_method_setting(tmp_path, tiny_scenes, capsys):
+    ckpt = _checkpoint(tmp_path, tiny_scenes)
+    results = {}
+    for radius in (1, 30):
+        out = tmp_path / f"r{radius}.json"
+        assert main(["--checkpoint", str(ckpt), "--data", str(tiny_scenes), "--limit", "2", "--precision",
+                     "fp32", "--set", f"affinity.radius={radius}", "--out", str(out)]) == 0
+        results[radius] = json.loads(out.read_text())
+    assert results[1]["settings"] == ["affinity.radius=1"]
+    # the CAM does not depend on the radius; the walk does (radius 1: 3x3 neighbourhoods only)
+    assert results[1]["stages"]["cam_label"] == results[30]["stages"]["cam_label"]
+    assert results[1]["stages"]["rw_afa_label"] != results[30]["stages"]["rw_afa_label"]
+    # only method sections, and values are validated like a config file
+    for bad in ("model.backbone=mit_b5", "affinity.radius=0"):
+        assert main(["--checkpoint", str(ckpt), "--data", str(tiny_scenes), "--set", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
