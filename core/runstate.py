@@ -210,7 +210,7 @@ def checkpoint_meta(model: torch.nn.Module, cfg: dict, step: int, metrics: dict 
         "std": floats(getattr(model, "std", cfg["data"]["std"])),
         "step": int(step),
         "data": {"name": cfg["data"]["name"], "root": str(cfg["data"]["root"]),
-                 "split": cfg["data"]["train_split"]},
+                 "split": cfg["data"]["train_split"], **getattr(model, "data_provenance", {})},
         "metrics": metrics or {},
         "config": cfg,
     }

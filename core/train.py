@@ -1,6 +1,6 @@
 """Train AFA (or the CNN CAM baseline, or the supervised reference) and write a run folder.
 
-    python -m core.train --config core/configs/scenes.yaml [--run-dir DIR] [key.sub=value ...]
+    python -m core.train --config core/configs/scenes.yaml [--run-dir DIR] [--make-data] [key.sub=value ...]
     python -m core.train --resume runs/NAME [key.sub=value ...]
     torchrun --nproc_per_node=N -m core.train --config ...    (DDP: gloo on CPU, nccl on CUDA)
 
@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from core import distributed as ddp
 from core.checkpoint import atomic_write, atomic_write_json, remove_stale_temp_files
 from core.config import load_config
+from core.data.scenes.ensure import prepare_scenes_data, provenance
 from core.errors import ArgumentParser, UserError, one_line, run_cli
 from core.optim import WarmupPoly, build_optimizer
 from core.precision import resolve_precision
@@ -304,6 +305,9 @@ def train(cfg: dict, run_dir: Path, resume: bool, info: ddp.DistInfo, device: to
     # ---- model and optimiser
     model = create_model(cfg, classes=class_names(cfg)).to(device)
     model.meta = {"config": cfg}  # core.analyze (evaluation) reads the method settings from here
+    model.data_provenance = provenance(getattr(train_set, "meta", {}))  # recorded in every checkpoint
+    if model.data_provenance:
+        log.console(f"data: {cfg['data']['root']} ({model.data_provenance['source']} items)")
     optimizer = build_optimizer(model, cfg["optim"])
     schedule = WarmupPoly.from_config(cfg)
     precision = resolve_precision(t["precision"], device)  # the step autocasts its model passes
@@ -422,6 +426,8 @@ def parse_args(argv: list[str] | None) -> Any:
     p.add_argument("--config", help="YAML config (core/configs/*.yaml)")
     p.add_argument("--run-dir", help="run folder (default: train.out_dir/<config>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this folder exactly")
+    p.add_argument("--make-data", action="store_true",
+                   help="generate the scenes benchmark first when data.root is missing")
     p.add_argument("--debug", action="store_true", help="show tracebacks for configuration errors")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     return p.parse_intermixed_args(argv)
@@ -446,6 +452,7 @@ def _main(argv: list[str] | None) -> int:
     max_iters_hint = 0
     try:
         cfg, run_dir, resume = setup_run(args)
+        prepare_scenes_data(cfg, args.make_data)  # before any run folder is made
         if resume:
             status_dir = run_dir
         info, device = ddp.init_distributed(cfg["train"]["device"])

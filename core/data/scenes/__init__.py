@@ -26,7 +26,8 @@ Output (VOC layout, read by ``ScenesDataset``)::
     DIR/meta.json                           all options, seed, version, source (written last)
 
 Modules: ``sprites`` (item sources and class sets), ``compose`` (drawing one scene), ``writer``
-(the folder, atomically, under a lock), ``dataset`` (reading it), ``cli`` (``python -m core.data.scenes``).
+(the folder, atomically, under a lock), ``ensure`` (generate it when a run needs it and it is
+missing), ``dataset`` (reading it), ``cli`` (``python -m core.data.scenes``).
 Item source: Fashion-MNIST idx files (``--source DIR``, else Debian's
 ``/usr/share/datasets/fashion-mnist``, else ``data/FashionMNIST/raw``), or ``--source procedural``
 (ten shapes drawn with OpenCV, grouped in five classes; needs no files).
@@ -35,6 +36,7 @@ Item source: Fashion-MNIST idx files (``--source DIR``, else Debian's
 from core.data.scenes.cli import main
 from core.data.scenes.compose import IGNORE_WEIGHT, Scene, SceneOptions, generate_scene, scene_rng
 from core.data.scenes.dataset import ScenesDataset
+from core.data.scenes.ensure import ScenesReady, ensure_scenes, procedural_root
 from core.data.scenes.sprites import (
     CLASS_SETS,
     DEFAULT_CLASS_SET,
@@ -56,6 +58,7 @@ from core.data.scenes.writer import (
     dataset_lock,
     generate_dataset,
     is_complete,
+    read_meta,
 )
 
 __all__ = [
@@ -70,10 +73,12 @@ __all__ = [
     "Scene",
     "SceneOptions",
     "ScenesDataset",
+    "ScenesReady",
     "SourceMissing",
     "SpriteSet",
     "contact_sheet",
     "dataset_lock",
+    "ensure_scenes",
     "find_fashion_mnist",
     "generate_dataset",
     "generate_scene",
@@ -82,6 +87,8 @@ __all__ = [
     "load_fashion_mnist",
     "load_source",
     "main",
+    "procedural_root",
     "read_idx",
+    "read_meta",
     "scene_rng",
 ]

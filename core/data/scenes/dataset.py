@@ -6,12 +6,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from core.data.scenes.writer import is_complete, read_meta
 from core.data.voc import DatasetError, VOCLayoutDataset, make_transform, read_class_names
 
 
 class ScenesDataset(VOCLayoutDataset):
     """The offline scenes benchmark (``python -m core.data.scenes``): VOC layout, ``train`` /
-    ``val`` splits, class names from ``classes.txt``, labels from ``cls_labels.json``."""
+    ``val`` splits, class names from ``classes.txt``, labels from ``cls_labels.json``;
+    ``meta`` is its ``meta.json`` (options, counts, item source; empty for a folder without one)."""
 
     kind = "scenes"
 
@@ -42,3 +44,4 @@ class ScenesDataset(VOCLayoutDataset):
             ignore_index=data_cfg.get("ignore_index", 255),
             list_hint=f"; generate the benchmark with python -m core.data.scenes --out {root}",
         )
+        self.meta: dict[str, Any] = read_meta(root) if is_complete(root) else {}

@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -89,6 +90,32 @@ def is_complete(out: str | Path) -> bool:
     return (Path(out) / "meta.json").is_file()
 
 
+def read_meta(out: str | Path) -> dict[str, Any]:
+    """The ``meta.json`` of a finished scenes dataset (options, counts, item source)."""
+    try:
+        meta = json.loads((Path(out) / "meta.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{out} is not a finished scenes dataset (unreadable meta.json: {exc})") from exc
+    if not isinstance(meta, dict):
+        raise UserError(f"{out}/meta.json is not a JSON object")
+    return meta
+
+
+def check_target(out: Path) -> None:
+    """Refuse to write over a folder that is neither empty nor a finished scenes dataset."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_complete(out))):
+        raise UserError(f"{out} exists, is not empty and is not a scenes dataset; choose another --out")
+
+
+def load_sets(source: str | Path | None, seed: int, opts: SceneOptions) -> dict[str, SpriteSet]:
+    """The items the benchmark's two splits draw from: train from the source's train split, val
+    from its test split."""
+    return {
+        "train": load_source(source, "train", seed, opts.class_set),
+        "val": load_source(source, "test", seed, opts.class_set),
+    }
+
+
 def generate_dataset(
     out: str | Path,
     seed: int = 0,
@@ -110,26 +137,38 @@ def generate_dataset(
     opts = opts or SceneOptions()
     opts.validate()
     out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_complete(out))):
-        raise UserError(f"{out} exists, is not empty and is not a scenes dataset; choose another --out")
-    sets = {
-        "train": load_source(source, "train", seed, opts.class_set),
-        "val": load_source(source, "test", seed, opts.class_set),
-    }
+    check_target(out)
+    sets = load_sets(source, seed, opts)
     with dataset_lock(out):
-        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+        return write_atomically(out, sets, seed, n_train, n_val, opts, log, workers, progress)
+
+
+def write_atomically(
+    out: Path,
+    sets: dict[str, SpriteSet],
+    seed: int,
+    n_train: int,
+    n_val: int,
+    opts: SceneOptions,
+    log: Any = None,
+    workers: int = 1,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Render into a hidden temporary sibling of ``out``, then rename it into place (replacing a
+    finished dataset only once the new one is complete). The caller holds ``dataset_lock(out)``."""
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{threading.get_ident()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        meta = _write(tmp, sets, seed, n_train, n_val, opts, log, workers, progress)
+        if out.exists():  # replace a finished dataset (or an empty folder): move it aside, then swap
+            old = out.parent / f".{out.name}.old-{os.getpid()}-{threading.get_ident()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            meta = _write(tmp, sets, seed, n_train, n_val, opts, log, workers, progress)
-            if out.exists():  # replace a finished dataset: move it aside, then swap
-                old = out.parent / f".{out.name}.old-{os.getpid()}"
-                out.rename(old)
-                tmp.rename(out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return meta
 
 

@@ -1,0 +1,137 @@
+"""Making sure a scenes dataset is there before a run needs it (``core.train --make-data``, the
+app's Start button).
+
+``ensure_scenes(root, ...)`` returns at once when ``root`` holds a finished dataset; otherwise it
+generates one with the canonical settings (``SceneOptions()``, seed 0) under the writer's lock, so
+that two callers at once generate it once: the second waits, then finds it done. Where the
+Fashion-MNIST files cannot be found it falls back to the procedural items, written to a folder of
+their own (``ROOT-procedural``), so that a dataset of shapes is never taken for the benchmark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.data.scenes.compose import SceneOptions
+from core.data.scenes.sprites import SourceMissing, find_fashion_mnist
+from core.data.scenes.writer import (
+    DEFAULT_TRAIN,
+    DEFAULT_VAL,
+    check_target,
+    dataset_lock,
+    is_complete,
+    load_sets,
+    read_meta,
+    write_atomically,
+)
+from core.errors import UserError
+
+PROCEDURAL = "procedural"
+
+
+def procedural_root(root: str | Path) -> Path:
+    """Where the procedural stand-in for the dataset at ``root`` lives: ``ROOT-procedural``."""
+    root = Path(root)
+    return root.with_name(f"{root.name}-{PROCEDURAL}")
+
+
+@dataclass(frozen=True)
+class ScenesReady:
+    """A finished scenes dataset: where it is, its ``meta.json``, and whether this call wrote it."""
+
+    root: Path
+    meta: dict[str, Any]
+    generated: bool
+
+    @property
+    def source(self) -> str:
+        """The item source: "fashion-mnist" or "procedural"."""
+        return str(self.meta.get("source", "unknown"))
+
+    @property
+    def images(self) -> int:
+        return int(self.meta.get("train", 0)) + int(self.meta.get("val", 0))
+
+
+def ensure_scenes(
+    root: str | Path,
+    n_train: int = DEFAULT_TRAIN,
+    n_val: int = DEFAULT_VAL,
+    *,
+    fallback_to_procedural: bool = True,
+    source: str | Path | None = None,
+    seed: int = 0,
+    progress: Callable[[int, int], Any] | None = None,
+    log: Callable[[str], Any] | None = None,
+) -> ScenesReady:
+    """The scenes dataset at ``root``, generated first if missing (``n_train`` + ``n_val`` images,
+    the canonical ``SceneOptions()``); see the module docstring.
+
+    ``source`` is the generator's item source (None: Debian's Fashion-MNIST package, then
+    ``data/FashionMNIST/raw``). When it cannot be found and ``fallback_to_procedural``, the
+    procedural items are used, in ``procedural_root(root)``; otherwise ``SourceMissing`` (a
+    ``UserError`` saying how to get the files) is raised. A finished dataset is used as it is,
+    whatever its size or options: this only ever adds what is missing. ``progress(done, total)``
+    is called as images are written; ``log`` gets one line when the fallback is taken.
+    """
+    root = Path(root)
+    if is_complete(root):
+        return ScenesReady(root, read_meta(root), generated=False)
+    target = root
+    if source is None or str(source) != PROCEDURAL:
+        try:
+            find_fashion_mnist(source)
+        except SourceMissing:
+            if not fallback_to_procedural:
+                raise
+            target, source = procedural_root(root), PROCEDURAL
+            if log is not None:
+                log(f"Fashion-MNIST not found: generating procedural items into {target} instead of {root}")
+    opts = SceneOptions()
+    check_target(target)
+    with dataset_lock(target):
+        if is_complete(target):  # finished by another caller while this one waited, or earlier
+            return ScenesReady(target, read_meta(target), generated=False)
+        sets = load_sets(source, seed, opts)
+        meta = write_atomically(target, sets, seed, n_train, n_val, opts, progress=progress)
+    return ScenesReady(target, meta, generated=True)
+
+
+def prepare_scenes_data(cfg: dict[str, Any], make_data: bool, say: Callable[[str], Any] = print) -> None:
+    """Before a run (``core.train``): a scenes config whose ``data.root`` is missing either gets
+    the benchmark generated (``make_data``; the procedural fallback changes ``data.root`` in
+    ``cfg``, which the run's config.yaml then records) or a ``UserError`` naming ``--make-data``."""
+    data = cfg["data"]
+    if data.get("name") != "scenes" or Path(str(data["root"])).exists():
+        return
+    root = str(data["root"])
+    if not make_data:
+        raise UserError(
+            f"the scenes dataset {root} does not exist: add --make-data to generate it first (the "
+            f"canonical benchmark, {DEFAULT_TRAIN} + {DEFAULT_VAL} images, a few minutes on one core), "
+            f"or run python -m core.data.scenes --out {root}"
+        )
+    say(f"generating the scenes benchmark into {root} (--make-data) ...")
+    ready = ensure_scenes(root, log=say)
+    data["root"] = str(ready.root)
+    counts = f"{ready.meta.get('train')} train + {ready.meta.get('val')} val images"
+    say(f"data: {ready.root} ({ready.source} items, {counts})")
+
+
+def provenance(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a run records about the scenes dataset it trained on (from its ``meta.json``): the
+    item source, and whether it is the canonical benchmark (canonical options and sizes, Fashion-MNIST)."""
+    if not meta:
+        return {}
+    canonical = (
+        bool(meta.get("canonical"))
+        and meta.get("source") == "fashion-mnist"
+        and (meta.get("train"), meta.get("val"), meta.get("seed")) == (DEFAULT_TRAIN, DEFAULT_VAL, 0)
+    )
+    return {
+        "source": meta.get("source"),
+        "scenes": {k: meta.get(k) for k in ("version", "seed", "train", "val")} | {"benchmark": canonical},
+    }
