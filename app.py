@@ -12,6 +12,12 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # never phone home, even before gradio loads
 
+if os.environ.get("SPACE_ID"):
+    try:  # ZeroGPU: the package patches torch before anything touches CUDA (see app/gpu.py)
+        import spaces  # noqa: F401
+    except ImportError:
+        pass
+
 import argparse  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from app.cache import checkpoint_fingerprint
+from app.gpu import GpuRunner, make_runner
 
 log = logging.getLogger("afa_app")
 
@@ -63,7 +64,8 @@ class CheckpointInfo:
 class CoreBackend:
     """Thin wrappers over core; nothing here computes anything about the method."""
 
-    def __init__(self, max_models: int = 4):
+    def __init__(self, max_models: int = 4, gpu: GpuRunner | None = None):
+        self.gpu = gpu  # ZeroGPU (app.gpu): models stay on the CPU, analyses run on the granted GPU
         self._models: OrderedDict[str, Any] = OrderedDict()
         self._max_models = max_models
         self._lock = threading.Lock()
@@ -92,7 +94,7 @@ class CoreBackend:
                     return self._models[key]
             import core
 
-            model = core.load_model(str(path))
+            model = core.load_model(str(path), device="cpu" if self.gpu is not None else None)
             with self._lock:
                 self._models[key] = model
                 while len(self._models) > self._max_models:
@@ -101,10 +103,16 @@ class CoreBackend:
             return model
 
     def analyze(self, model, image, labels, crf):
-        """``core.analyze`` at the checkpoint's own CAM scales."""
+        """``core.analyze`` at the checkpoint's own CAM scales (on a ZeroGPU Space, on the GPU it
+        grants, else on the CPU)."""
         import core
 
-        return core.analyze(model, image, labels=labels, crf=crf)
+        def on_cpu():
+            return core.analyze(model, image, labels=labels, crf=crf)
+
+        if self.gpu is not None:
+            return self.gpu.analyze(model, image, labels, crf, on_cpu)
+        return on_cpu()
 
     def add_crf(self, analysis):
         import core
@@ -189,4 +197,4 @@ def describe_checkpoint(path: Path, meta: dict, root: Path = ROOT) -> Checkpoint
     )
 
 
-BACKEND = CoreBackend()
+BACKEND = CoreBackend(gpu=make_runner())

@@ -2,8 +2,10 @@
 the run folders it writes (their file names, resumability and headline mIoU come from core).
 
 One run per device at a time: a lock file ``runs/.lock-<device>.json`` holds the pid of the
-running trainer; a second Start is refused while that pid is alive. A run whose status says
-"running" but whose process is gone is reported as dead.
+running trainer; a second Start is refused while that pid is alive. A Start that first prepares
+its data (``start(..., prepare=...)``: generating the scenes benchmark) holds the lock from the
+beginning, with the app's pid as its owner, so a second Start meanwhile is refused the same way.
+A run whose status says "running" but whose process is gone is reported as dead.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ from core.runstate import (
 ROOT = Path(__file__).resolve().parent.parent
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TERMINAL_STATES = ("finished", "stopped", "failed")
+PREPARE_TIMEOUT = 3600.0  # a lock held this long by a Start still preparing its data is stale
 LOG_FILE = "train.log"  # the trainer's console output, written by the app that started it
 
 
@@ -50,7 +54,7 @@ class RunError(UserError):
 class RunInfo:
     name: str
     path: Path
-    state: str  # running | finished | stopped | failed | dead | starting | stopping | unknown
+    state: str  # preparing | starting | running | stopping | finished | stopped | failed | dead | unknown
     step: int = 0
     max_iters: int = 0
     message: str = ""
@@ -68,7 +72,7 @@ class RunInfo:
 
     @property
     def active(self) -> bool:
-        return self.state in ("running", "starting", "stopping")
+        return self.state in ("preparing", "running", "starting", "stopping")
 
 
 def default_device() -> str:
@@ -178,14 +182,29 @@ class RunManager:
                 else:
                     return None
             return None
-        if self._alive(data.get("run", ""), data.get("pid")):
+        if self._alive(data.get("run", ""), data.get("pid")) or self._preparing(data):
             return data
         self._release(data.get("pid"))
         return None
 
+    @staticmethod
+    def _preparing(lock: dict) -> bool:
+        """True for the lock of a Start still preparing its data (no trainer yet) whose app
+        process is alive."""
+        return (
+            lock.get("pid") is None
+            and pid_alive(lock.get("owner"))
+            and time.time() - float(lock.get("started") or 0) < PREPARE_TIMEOUT
+        )
+
     def _acquire(self, run: str) -> None:
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         holder = self._holder()
+        if holder is not None and holder.get("pid") is None:
+            raise RunError(
+                f"Run '{holder.get('run')}' is about to train on {self.device} (its data is being prepared); "
+                "one run per device at a time."
+            )
         if holder is not None:
             raise RunError(
                 f"Run '{holder.get('run')}' is already training on {self.device} (pid {holder.get('pid')}); "
@@ -194,9 +213,11 @@ class RunManager:
         try:
             fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError as exc:  # another session won the race
-            raise RunError("Another run is starting on this device; try again in a moment.") from exc
+            raise RunError("Another run is starting on this device; one run per device at a time.") from exc
         with os.fdopen(fd, "w") as fh:
-            json.dump({"run": run, "pid": None, "device": self.device, "started": time.time()}, fh)
+            # the app owns the lock until the trainer's pid replaces it (``_write_lock``)
+            lock = {"run": run, "pid": None, "owner": os.getpid(), "device": self.device}
+            json.dump({**lock, "started": time.time()}, fh)
 
     def _write_lock(self, run: str, pid: int) -> None:
         tmp = self.lock_path.with_suffix(".tmp")
@@ -251,19 +272,36 @@ class RunManager:
             raise RunError("A run name uses letters, digits, '-', '_' or '.', up to 64 characters.")
         return self.runs_dir / name
 
-    def start(self, name: str, overrides: list[str], config: str | None = None) -> RunInfo:
-        """Start ``core.train`` for a new run folder. Refused if a run is active on this device."""
+    def start(
+        self,
+        name: str,
+        overrides: list[str],
+        config: str | None = None,
+        prepare: Callable[[], list[str]] | None = None,
+    ) -> RunInfo:
+        """Start ``core.train`` for a new run folder. Refused if a run is active on this device.
+
+        ``prepare()`` runs after the device is taken and before the trainer starts (it may take
+        minutes: generating the data); it returns more overrides. If it fails, the device is
+        freed and nothing of the run is left behind."""
         with self._lock:
             run_dir = self.run_dir(name)
             if run_dir.exists() and any(run_dir.iterdir()):
                 raise RunError(f"A run named '{name}' exists already; resume it or choose another name.")
             self._acquire(name)
+        try:
+            extra = list(prepare()) if prepare is not None else []
+        except BaseException:
+            self._release()
+            raise
+        with self._lock:
             args = [
                 "--config",
                 config or self.config,
                 "--run-dir",
                 str(run_dir.relative_to(self.root) if run_dir.is_relative_to(self.root) else run_dir),
                 *overrides,
+                *extra,
             ]
             self._spawn(name, args)
             self._stop_requested.pop(name, None)
@@ -323,7 +361,10 @@ class RunManager:
             self._procs.pop(name, None)
         state = str(status.get("state") or "unknown")
         message = str(status.get("message") or "")
-        if state == "running" and not alive:
+        preparing = not status and holder.get("run") == name and self._preparing(holder)
+        if preparing:
+            state, message = "preparing", "Preparing the data this run needs; training starts next."
+        elif state == "running" and not alive:
             state = "dead"
             message = (
                 f"The training process (pid {pid}) is gone while its status says running: it was killed "
@@ -337,7 +378,7 @@ class RunManager:
             state = "stopping"
         elif state == "running" and name in self._stop_requested:
             state = "stopping"
-        if not alive and holder.get("run") == name:
+        if not alive and not preparing and holder.get("run") == name:
             self._release(holder.get("pid"))
         if not alive:
             self._stop_requested.pop(name, None)

@@ -17,6 +17,7 @@ from app.backend import BACKEND, checkpoint_id
 from app.checkpoints import CHECKPOINTS
 from app.errors import guarded
 from app.runs import RunInfo, RunManager
+from app.train_data import prepare_scenes
 from app.train_form import (
     PUBLIC_LIMITS,
     TrainForm,
@@ -25,7 +26,7 @@ from app.train_form import (
     encoder_choices,
     new_run_name,
 )
-from app.wiring import bind, connect, outputs
+from app.wiring import PROGRESS, bind, connect, outputs
 from core import catalog
 from core.errors import UserError
 from core.runstate import CHECKPOINT_FILE
@@ -59,6 +60,7 @@ def progress_html(info: RunInfo | None) -> str:
         return "<div class='afa-progress'>No run selected.</div>"
     colours = {
         "running": "#2f7ed8",
+        "preparing": "#2f7ed8",
         "starting": "#2f7ed8",
         "stopping": "#e69f00",
         "finished": "#2ca02c",
@@ -205,6 +207,7 @@ def make_handlers(public: bool):
         use_reg,
         seed,
         eval_every,
+        progress=PROGRESS,
     ) -> dict:
         form = TrainForm(
             name or "",
@@ -228,8 +231,18 @@ def make_handlers(public: bool):
         config, overrides, notes = build_overrides(form, public)
         if public:
             MANAGER.prune(PUBLIC_KEEP_RUNS)
-        info = MANAGER.start(name, overrides, config=config)
+        data_notes: list[str] = []
+
+        def prepare() -> list[str]:  # runs once this Start holds the device: no two generate at once
+            extra, lines = prepare_scenes(config, overrides, public, _announcing(progress), MANAGER.root)
+            data_notes.extend(lines)
+            return extra
+
+        info = MANAGER.start(name, overrides, config=config, prepare=prepare)
+        procedural = [n for n in data_notes if n.startswith("Fashion-MNIST")]
+        notes += [n for n in data_notes if n not in procedural]
         message = f"Started run '{info.name}'" + (f" ({'; '.join(notes)})" if notes else "") + "."
+        message = "\n\n".join([message, *procedural])  # the data source, in one line of its own
         gr.Info(message)
         views = train_views(info.name)
         views["train_status"] = message
@@ -276,6 +289,19 @@ def make_handlers(public: bool):
         return train_views(selected)
 
     return on_start, on_stop, on_resume, on_tick, on_select
+
+
+def _announcing(progress):
+    """Gradio's ``progress`` tracker that also shows a toast when generation begins."""
+    announced: list[bool] = []
+
+    def track(value, desc=None, unit="steps"):
+        if not announced:
+            announced.append(True)
+            gr.Info("Generating the scenes data this run needs (once per server); the run starts after it.")
+        progress(value, desc=desc, unit=unit)
+
+    return track
 
 
 @guarded(status="train_status")
@@ -414,7 +440,19 @@ def wire(C: dict, public: bool, train_tab, other_tabs) -> None:
     """The Train tab's events; the run view polls only while ``train_tab`` is open."""
     on_start, on_stop, on_resume, on_tick, on_select = make_handlers(public)
     quick = dict(concurrency_id="train", concurrency_limit=2)
-    connect(C["start_btn"].click, on_start, C, FORM, TRAIN_VIEWS, api_name="train_start", **quick)
+    # Start has its own pool: while one Start generates data (a minute), a second one is answered
+    # at once ("one run per device") and the run view keeps polling
+    connect(
+        C["start_btn"].click,
+        on_start,
+        C,
+        FORM,
+        TRAIN_VIEWS,
+        api_name="train_start",
+        concurrency_id="train_start",
+        concurrency_limit=4,
+        show_progress_on=[C["progress"]],
+    )
     connect(C["stop_btn"].click, on_stop, C, ("run_pick",), TRAIN_VIEWS, api_name="train_stop", **quick)
     connect(C["resume_btn"].click, on_resume, C, ("run_pick",), TRAIN_VIEWS, api_name="train_resume", **quick)
     connect(C["run_pick"].input, on_select, C, ("run_pick",), TRAIN_VIEWS, api_visibility="private", **quick)

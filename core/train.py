@@ -307,7 +307,9 @@ def train(cfg: dict, run_dir: Path, resume: bool, info: ddp.DistInfo, device: to
     model.meta = {"config": cfg}  # core.analyze (evaluation) reads the method settings from here
     model.data_provenance = provenance(getattr(train_set, "meta", {}))  # recorded in every checkpoint
     if model.data_provenance:
-        log.console(f"data: {cfg['data']['root']} ({model.data_provenance['source']} items)")
+        scenes = model.data_provenance["scenes"]
+        log.console(f"data: {cfg['data']['root']} ({model.data_provenance['source']} items, "
+                    f"{scenes['train']} train + {scenes['val']} val images)")
     optimizer = build_optimizer(model, cfg["optim"])
     schedule = WarmupPoly.from_config(cfg)
     precision = resolve_precision(t["precision"], device)  # the step autocasts its model passes

@@ -210,3 +210,25 @@ def test_real_trainer_start_stop_resume_open(tmp_path, monkeypatch):
     opened = T.on_open_in_inspect("tiny")
     assert opened["afa_ckpt"]["value"].endswith("tiny/checkpoint.safetensors"), opened
     assert "tabs" in opened  # switches to the Inspect tab
+
+
+def test_a_start_preparing_its_data_holds_the_device_while_its_app_lives(manager):
+    import json
+    import subprocess
+
+    manager.runs_dir.mkdir(parents=True, exist_ok=True)
+
+    def lock(owner):
+        lock = {"run": "ghost", "pid": None, "owner": owner, "device": "cpu", "started": time.time()}
+        manager.lock_path.write_text(json.dumps(lock))
+
+    lock(os.getpid())  # this process is preparing "ghost"'s data
+    assert manager.active().name == "ghost" and manager.active().state == "preparing"
+    with pytest.raises(RunError, match="being prepared.*one run per device"):
+        manager.start("b", ["train.max_iters=3"])
+    assert manager.lock_path.exists()  # reading the state never drops a live lock
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    lock(gone.pid)  # an app that died while preparing: its lock is stale
+    assert manager.active() is None and not manager.lock_path.exists()
+    assert manager.start("b", ["train.max_iters=3"]).state in ("starting", "running", "finished")

@@ -115,10 +115,8 @@ def prepare_scenes_data(cfg: dict[str, Any], make_data: bool, say: Callable[[str
             f"or run python -m core.data.scenes --out {root}"
         )
     say(f"generating the scenes benchmark into {root} (--make-data) ...")
-    ready = ensure_scenes(root, log=say)
+    ready = ensure_scenes(root, DEFAULT_TRAIN, DEFAULT_VAL, log=say)
     data["root"] = str(ready.root)
-    counts = f"{ready.meta.get('train')} train + {ready.meta.get('val')} val images"
-    say(f"data: {ready.root} ({ready.source} items, {counts})")
 
 
 def provenance(meta: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,173 @@
+"""ensure_scenes: generate the scenes data a run needs when it is missing, once, never half-written;
+the procedural fallback in a folder of its own; core.train --make-data."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import core.data.scenes.ensure as ensure_mod
+import core.data.scenes.writer as writer
+from core.data.scenes import (
+    SceneOptions,
+    SourceMissing,
+    ensure_scenes,
+    generate_dataset,
+    is_complete,
+    procedural_root,
+    read_meta,
+)
+from core.data.scenes.ensure import prepare_scenes_data, provenance
+from core.errors import UserError
+
+
+@pytest.fixture
+def no_fashion_mnist(monkeypatch):
+    """As on a machine without Debian's dataset-fashion-mnist."""
+
+    def missing(source=None):
+        raise SourceMissing("Fashion-MNIST idx files not found (test)")
+
+    monkeypatch.setattr(ensure_mod, "find_fashion_mnist", missing)
+
+
+def test_generates_the_canonical_settings_once(tmp_path: Path) -> None:
+    root = tmp_path / "scenes"
+    calls: list[tuple[int, int]] = []
+    ready = ensure_scenes(root, 3, 2, source="procedural", progress=lambda d, t: calls.append((d, t)))
+    assert ready.generated and ready.root == root and is_complete(root)
+    assert calls == [(i, 5) for i in range(1, 6)]
+    meta = read_meta(root)
+    assert meta["options"] == SceneOptions().__dict__ and meta["canonical"] and meta["seed"] == 0
+    assert (meta["train"], meta["val"]) == (3, 2) and ready.images == 5
+    before = (root / "meta.json").stat().st_mtime_ns
+    again = ensure_scenes(root, 3, 2, source="procedural", progress=lambda d, t: calls.append((d, t)))
+    assert not again.generated and again.meta == meta and len(calls) == 5  # nothing redone
+    assert (root / "meta.json").stat().st_mtime_ns == before
+
+
+def test_fallback_to_procedural_goes_to_its_own_folder(tmp_path: Path, no_fashion_mnist) -> None:
+    root = tmp_path / "scenes"
+    logged: list[str] = []
+    ready = ensure_scenes(root, 2, 1, log=logged.append)
+    assert ready.root == procedural_root(root) == tmp_path / "scenes-procedural"
+    assert ready.source == "procedural" and ready.generated
+    assert not root.exists()  # a dataset of shapes is never where the benchmark belongs
+    assert len(logged) == 1 and "procedural" in logged[0]
+    assert read_meta(ready.root)["classes"][1:] == ["round", "box", "pointed", "crossed", "long"]
+    # the next caller finds it, without generating again
+    again = ensure_scenes(root, 2, 1)
+    assert again.root == ready.root and not again.generated
+
+
+def test_without_fallback_the_missing_source_is_an_error(tmp_path: Path, no_fashion_mnist) -> None:
+    with pytest.raises(UserError, match="Fashion-MNIST"):
+        ensure_scenes(tmp_path / "scenes", 2, 1, fallback_to_procedural=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_foreign_folder_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "scenes"
+    root.mkdir()
+    (root / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not a scenes dataset"):
+        ensure_scenes(root, 2, 1, source="procedural")
+    assert [p.name for p in root.iterdir()] == ["notes.txt"]
+
+
+def test_two_callers_at_once_generate_once_and_never_see_a_half_written_set(
+    tmp_path: Path, monkeypatch
+) -> None:
+    root = tmp_path / "scenes"
+    real_render = writer._render
+    inside, release = threading.Event(), threading.Event()
+
+    def slow_render(job):  # the first image waits until the test has looked around
+        inside.set()
+        assert release.wait(30)
+        return real_render(job)
+
+    monkeypatch.setattr(writer, "_render", slow_render)
+    results: dict[str, object] = {}
+
+    def call(key: str) -> None:
+        try:
+            results[key] = ensure_scenes(root, 3, 1, source="procedural")
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            results[key] = exc
+
+    first = threading.Thread(target=call, args=("first",))
+    first.start()
+    assert inside.wait(30)
+    # mid-generation: the folder is not there (it is written beside it and renamed at the end)
+    assert not root.exists() and not is_complete(root)
+    assert any(p.name.startswith(".scenes.tmp-") for p in tmp_path.iterdir())
+    second = threading.Thread(target=call, args=("second",))
+    second.start()
+    time.sleep(0.5)
+    assert second.is_alive()  # waiting for the lock, not generating and not reading a partial set
+    release.set()
+    first.join(60)
+    second.join(60)
+    a, b = results["first"], results["second"]
+    assert not isinstance(a, BaseException) and not isinstance(b, BaseException), results
+    assert sorted([a.generated, b.generated]) == [False, True]
+    assert a.meta == b.meta and a.root == b.root == root
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".scenes.lock", "scenes"]
+
+
+def test_provenance_tells_the_benchmark_from_other_sets(tmp_path: Path) -> None:
+    meta = generate_dataset(tmp_path / "p", n_train=2, n_val=1, source="procedural")
+    record = provenance(meta)
+    assert record["source"] == "procedural" and record["scenes"]["benchmark"] is False
+    assert record["scenes"]["train"] == 2
+    canonical = dict(meta, source="fashion-mnist", train=3000, val=300)
+    assert provenance(canonical)["scenes"]["benchmark"] is True
+    assert provenance(dict(canonical, canonical=False))["scenes"]["benchmark"] is False
+    assert provenance({}) == {}
+
+
+def test_prepare_scenes_data_names_make_data(tmp_path: Path, monkeypatch, no_fashion_mnist) -> None:
+    cfg = {"data": {"name": "scenes", "root": str(tmp_path / "scenes")}}
+    with pytest.raises(UserError, match="--make-data"):
+        prepare_scenes_data(cfg, make_data=False)
+    assert list(tmp_path.iterdir()) == []
+    voc = {"data": {"name": "voc", "root": str(tmp_path / "nothing")}}
+    prepare_scenes_data(voc, make_data=True)  # other datasets: untouched
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(ensure_mod, "DEFAULT_TRAIN", 2)
+    monkeypatch.setattr(ensure_mod, "DEFAULT_VAL", 1)
+    said: list[str] = []
+    prepare_scenes_data(cfg, make_data=True, say=said.append)
+    # Fashion-MNIST missing: procedural items, and the config now points at them
+    assert cfg["data"]["root"] == str(tmp_path / "scenes-procedural")
+    assert json.loads((tmp_path / "scenes-procedural" / "meta.json").read_text())["source"] == "procedural"
+    assert any("procedural" in line for line in said)
+
+
+@pytest.mark.slow
+def test_core_train_make_data_end_to_end(tmp_path: Path, monkeypatch, no_fashion_mnist, capsys) -> None:
+    """``python -m core.train`` on a missing scenes folder: without --make-data one line naming it
+    (exit 2, no run folder); with it the data is generated, the run trains, and its checkpoint
+    records the procedural source."""
+    from core.checkpoint import read_meta as read_checkpoint_meta
+    from core.train import main
+    from tests.train.conftest import TINY
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    data, run = tmp_path / "scenes", tmp_path / "run"
+    args = ["--config", str(TINY), "--run-dir", str(run), f"data.root={data}", "train.max_iters=2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--make-data" in err and "Traceback" not in err and not run.exists()
+    monkeypatch.setattr(ensure_mod, "DEFAULT_TRAIN", 4)
+    monkeypatch.setattr(ensure_mod, "DEFAULT_VAL", 2)
+    assert main([*args, "--make-data"]) == 0
+    meta = read_checkpoint_meta(run / "checkpoint.safetensors")
+    assert meta["data"]["root"] == str(tmp_path / "scenes-procedural")
+    assert meta["data"]["source"] == "procedural" and meta["data"]["scenes"]["benchmark"] is False
+    assert meta["classes"] == ["background", "round", "box", "pointed", "crossed", "long"]
