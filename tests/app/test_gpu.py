@@ -15,6 +15,7 @@ import pytest
 
 from app import gpu
 from app.backend import CoreBackend
+from core.errors import UserError
 from tests.app.helpers import random_checkpoints
 
 FIELDS = ("scores", "cam", "cam_label", "par_label", "affinity", "mhsa", "rw_afa_label", "seg_label")
@@ -121,7 +122,7 @@ def test_the_analysis_own_errors_are_not_retried_and_keep_their_type(monkeypatch
     backend = CoreBackend(gpu=gpu.make_runner())
     model = backend.load_model(checkpoint)
     cpu_calls = []
-    with pytest.raises(ValueError, match="unknown class 'unicorn'"):
+    with pytest.raises(UserError, match="unknown class 'unicorn'"):
         backend.gpu.analyze(model, image, ["unicorn"], False, on_cpu=lambda: cpu_calls.append(1))
     assert len(module.calls) == 1 and cpu_calls == []
 
