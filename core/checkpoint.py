@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from core.errors import UserError
+from core.errors import UserError, existing_file
 
 FORMAT_VERSION = 1
 META_KEY = "afa_explorer"
@@ -134,13 +134,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 
 
 def _check_file(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a folder; pass the .safetensors file inside it")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path.name} is empty")
+    path = existing_file(path, CheckpointError, "checkpoint", " (pass a .safetensors checkpoint file)")
     if path.suffix == ".pth" or path.suffix == ".pt":
         raise CheckpointError(
             f"{path.name} is a PyTorch pickle; AFA Explorer only opens .safetensors checkpoints "

@@ -14,8 +14,10 @@ that says what is wrong and how to fix it.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 _WORKER_TRACEBACK = "Original Traceback (most recent call last):"
 
@@ -44,6 +46,23 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def existing_file(
+    path: str | os.PathLike, error: type[UserError] = UserError, what: str = "the file", fix: str = ""
+) -> Path:
+    """``path`` when it names a file with something in it; else ``error``: "WHAT PATH does not
+    exist", "... is a folder, not a file" or "... is empty (0 bytes)", then ``fix`` (what to do)."""
+    path = Path(path)
+    if not path.exists():
+        problem = "does not exist"
+    elif path.is_dir():
+        problem = "is a folder, not a file"
+    elif path.stat().st_size == 0:
+        problem = "is empty (0 bytes)"
+    else:
+        return path
+    raise error(f"{what} {path} {problem}{fix}")
 
 
 def run_cli(main: Callable[[], int | None], prog: str) -> int:

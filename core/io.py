@@ -35,14 +35,13 @@ import io
 import os
 import struct
 import warnings
-from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from core.errors import UserError
+from core.errors import UserError, existing_file
 
 MIN_SIDE = 32
 # PIL refuses files above twice its MAX_IMAGE_PIXELS (about 179 MP) as decompression bombs. We keep
@@ -88,14 +87,7 @@ def _open_pil(source: Any) -> Image.Image:
     """Open a path / bytes / file object with PIL, turning every failure into ImageReadError."""
     what = _describe(source)
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.exists():
-            raise ImageReadError(f"the file {what} does not exist.")
-        if path.is_dir():
-            raise ImageReadError(f"{what} is a folder, not an image file.")
-        if path.stat().st_size == 0:
-            raise ImageReadError(f"the file {what} is empty (0 bytes).")
-        fp: Any = str(path)
+        fp: Any = str(existing_file(source, ImageReadError, "the image file"))
     elif isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise ImageReadError("the given data is empty (0 bytes).")

@@ -33,23 +33,17 @@ def test_failed_write_keeps_previous_file(tmp_path):
 
 
 def test_clear_errors(tmp_path):
-    with pytest.raises(CheckpointError, match="not found"):
-        read_meta(tmp_path / "nope.safetensors")
-    empty = tmp_path / "e.safetensors"
-    empty.write_bytes(b"")
-    with pytest.raises(CheckpointError, match="empty"):
-        read_meta(empty)
-    junk = tmp_path / "j.safetensors"
-    junk.write_bytes(b"\x00\x01garbage" * 10)
-    with pytest.raises(CheckpointError, match="not a safetensors"):
-        read_meta(junk)
-    pth = tmp_path / "x.pth"
-    pth.write_bytes(b"pickle")
-    with pytest.raises(CheckpointError, match="core.convert"):
-        read_meta(pth)
-    foreign = tmp_path / "foreign.safetensors"
-    save_file({"w": torch.zeros(2)}, str(foreign))
-    with pytest.raises(CheckpointError, match="not an AFA Explorer checkpoint"):
-        read_meta(foreign)
-    with pytest.raises(CheckpointError, match="folder"):
-        read_meta(tmp_path)
+    (tmp_path / "e.safetensors").write_bytes(b"")
+    (tmp_path / "j.safetensors").write_bytes(b"\x00\x01garbage" * 10)
+    (tmp_path / "x.pth").write_bytes(b"pickle")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"))
+    for name, message in (
+        ("nope.safetensors", "nope.safetensors does not exist"),
+        ("", "is a folder, not a file"),
+        ("e.safetensors", "is empty"),
+        ("j.safetensors", "not a safetensors"),
+        ("x.pth", "core.convert"),
+        ("foreign.safetensors", "not an AFA Explorer checkpoint"),
+    ):
+        with pytest.raises(CheckpointError, match=message):
+            read_meta(tmp_path / name)

@@ -16,11 +16,9 @@ folders, all others the val2014 folders.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
 
-from core.data.voc import DatasetError, VOCLayoutDataset, make_transform
+from core.data.voc import Layout, VOCLayoutDataset
 
 COCO_CLASSES: list[str] = [
     "background",
@@ -121,37 +119,17 @@ class COCODataset(VOCLayoutDataset):
 
     kind = "COCO"
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str,
-        *,
-        train: bool,
-        data_cfg: dict[str, Any],
-        seed: int = 0,
-        cls_labels: str | os.PathLike | None = None,
-    ) -> None:
-        root = Path(root)
-        if not root.is_dir():
-            raise DatasetError(f"COCO root {root} does not exist (set data.root to the dataset folder)")
+    def layout(self, root: Path, split: str) -> Layout:
         candidates = [
             root / "ImageSets" / "Segmentation" / f"{split}.txt",
             root / "ImageSets" / f"{split}.txt",
             root / f"{split}.txt",
         ]
-        list_file = next((p for p in candidates if p.is_file()), candidates[0])
-        super().__init__(
-            root,
-            split,
-            list_file=list_file,
+        return Layout(
+            list_file=next((p for p in candidates if p.is_file()), candidates[0]),
             image_dir=_split_folder(root / "JPEGImages", split),
             mask_dir=_split_folder(root / "SegmentationClass", split),
             class_names=COCO_CLASSES,
-            train=train,
-            transform=make_transform(data_cfg, train),
-            seed=seed,
-            cls_labels=cls_labels,
-            ignore_index=data_cfg.get("ignore_index", 255),
             list_hint=f" (nor ImageSets/{split}.txt or {split}.txt); the authors ship train.txt and val.txt "
             "lists of COCO 2014 image names",
             mask_hint="; convert the COCO instance annotations to class-id PNGs (VOC layout)",

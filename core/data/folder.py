@@ -34,7 +34,9 @@ class ImageFolder(Dataset):
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise DatasetError(f"image folder {self.root} does not exist (set data.root to a folder of images)")
+            raise DatasetError(
+                f"image folder {self.root} does not exist (set data.root to a folder of images)"
+            )
         self.max_side = max_side
         pattern = "**/*" if recursive else "*"
         files = []

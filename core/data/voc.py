@@ -24,6 +24,7 @@ import os
 import pickle
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,19 @@ def load_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+@dataclass
+class Layout:
+    """Where a VOC-layout dataset keeps a split (its name list, images, masks), its class names,
+    and what to tell the user when the list or the masks are missing."""
+
+    list_file: Path
+    image_dir: Path
+    mask_dir: Path | None
+    class_names: Sequence[str]
+    list_hint: str = ""
+    mask_hint: str = ""
+
+
 class VOCLayoutDataset(Dataset):
     """A segmentation dataset in VOC layout with image-level labels.
 
@@ -235,6 +249,7 @@ class VOCLayoutDataset(Dataset):
     """
 
     kind = "dataset"
+    missing_root_hint = " (set data.root to the folder of the dataset)"  # may name {root}
     # training only (``data.on_corrupt``, set by build_dataset): "stop" at an image that cannot be
     # decoded, naming it; "skip": use the next readable item in its place (evaluation always stops)
     on_corrupt = "stop"
@@ -244,18 +259,22 @@ class VOCLayoutDataset(Dataset):
         root: str | os.PathLike,
         split: str,
         *,
-        list_file: Path,
-        image_dir: Path,
-        mask_dir: Path | None,
-        class_names: Sequence[str],
         train: bool,
-        transform: Transform,
+        data_cfg: dict[str, Any],
         seed: int = 0,
         cls_labels: str | os.PathLike | None = None,
-        ignore_index: int = 255,
-        list_hint: str = "",
-        mask_hint: str = "",
     ) -> None:
+        """The ``split`` of the dataset in ``root``, augmented for training when ``train``
+        (``data_cfg`` is the config's ``data`` section); ``cls_labels`` overrides the image-label
+        file found in the root (see ``CLS_LABEL_FILES``)."""
+        if not Path(root).is_dir():
+            hint = self.missing_root_hint.format(root=root)
+            raise DatasetError(f"{self.kind} root {root} does not exist{hint}")
+        layout = self.layout(Path(root), split)
+        list_file, image_dir, mask_dir = layout.list_file, layout.image_dir, layout.mask_dir
+        list_hint, mask_hint = layout.list_hint, layout.mask_hint
+        class_names, transform = layout.class_names, make_transform(data_cfg, train)
+        ignore_index = data_cfg.get("ignore_index", 255)
         self.root = Path(root)
         self.split = split
         self.class_names = list(class_names)
@@ -267,8 +286,6 @@ class VOCLayoutDataset(Dataset):
         self.ignore_index = ignore_index
         self._warned: set[int] = set()  # unreadable items already reported (on_corrupt=skip)
         where = f"{self.kind} root {self.root}"
-        if not self.root.is_dir():
-            raise DatasetError(f"{where} does not exist (set data.root to the folder of the dataset)")
         if not list_file.is_file():
             raise DatasetError(f"{where} has no {self._rel(list_file)}{list_hint}")
         self.names = read_name_list(list_file)
@@ -307,6 +324,10 @@ class VOCLayoutDataset(Dataset):
                 else "without a cls_labels file the image labels are derived from masks"
             )
             raise DatasetError(f"{where} has no {missing}/ folder ({why}){mask_hint}")
+
+    def layout(self, root: Path, split: str) -> Layout:
+        """Where this dataset keeps the files of ``split``; each dataset says it."""
+        raise NotImplementedError
 
     def _rel(self, path: Path) -> str:
         try:
@@ -381,7 +402,8 @@ class VOCLayoutDataset(Dataset):
                                          "without it") from exc
                 if item not in self._warned:
                     self._warned.add(item)
-                    print(f"warning: skipping an unreadable training image: {exc}", file=sys.stderr, flush=True)
+                    print(f"warning: skipping an unreadable training image: {exc}", file=sys.stderr,
+                          flush=True)
         raise DatasetError(f"{self.kind} root {self.root}: no image of split {self.split!r} can be read")
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -403,47 +425,26 @@ class VOCDataset(VOCLayoutDataset):
 
     kind = "VOC"
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str,
-        *,
-        train: bool,
-        data_cfg: dict[str, Any],
-        seed: int = 0,
-        class_names: Sequence[str] | None = None,
-        cls_labels: str | os.PathLike | None = None,
-    ) -> None:
-        root = Path(root)
+    def layout(self, root: Path, split: str) -> Layout:
         aug = "aug" in split
-        mask_dir = root / ("SegmentationClassAug" if aug else "SegmentationClass")
-        list_hint = (
-            f"; for {split}, download SBD's SegmentationClassAug and its train_aug.txt list and put them "
-            "under the VOC root (ImageSets/Segmentation/train_aug.txt, SegmentationClassAug/)"
-            if aug
-            else f"; the VOC2012 devkit ships ImageSets/Segmentation/{split}.txt (is data.root the "
-            "VOC2012 folder?)"
-        )
-        mask_hint = (
-            "; download SBD's SegmentationClassAug masks, or put the authors' cls_labels_onehot.npy "
-            "in the root to train without masks"
-            if aug
-            else ""
-        )
-        super().__init__(
-            root,
-            split,
+        return Layout(
             list_file=root / "ImageSets" / "Segmentation" / f"{split}.txt",
             image_dir=root / "JPEGImages",
-            mask_dir=mask_dir,
-            class_names=class_names or VOC_CLASSES,
-            train=train,
-            transform=make_transform(data_cfg, train),
-            seed=seed,
-            cls_labels=cls_labels,
-            ignore_index=data_cfg.get("ignore_index", 255),
-            list_hint=list_hint,
-            mask_hint=mask_hint,
+            mask_dir=root / ("SegmentationClassAug" if aug else "SegmentationClass"),
+            class_names=VOC_CLASSES,
+            list_hint=(
+                f"; for {split}, download SBD's SegmentationClassAug and its train_aug.txt list and put them "
+                "under the VOC root (ImageSets/Segmentation/train_aug.txt, SegmentationClassAug/)"
+                if aug
+                else f"; the VOC2012 devkit ships ImageSets/Segmentation/{split}.txt (is data.root the "
+                "VOC2012 folder?)"
+            ),
+            mask_hint=(
+                "; download SBD's SegmentationClassAug masks, or put the authors' cls_labels_onehot.npy "
+                "in the root to train without masks"
+                if aug
+                else ""
+            ),
         )
 
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from core.checkpoint import CheckpointError
 from core.config import ConfigError
-from core.errors import UserError
+from core.errors import UserError, existing_file
 
 EncoderFactory = Callable[..., nn.Module]
 
@@ -126,12 +126,7 @@ def load_weights_file(path: str | os.PathLike, fix: str = _PRETRAINED_FIX) -> An
     that cannot be read this way is a ``CheckpointError`` that says why and, with ``fix``, what
     to do (never torch's advice to retry with ``weights_only=False``, which would run the pickle).
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "not found"
-        raise CheckpointError(f"weights file {what}: {path} ({fix})")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"weights file {path} is empty ({fix})")
+    path = existing_file(Path(path).expanduser(), CheckpointError, "weights file", f" ({fix})")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -23,7 +23,13 @@ from core.data import (
     build_dataset,
     class_names,
 )
-from core.data.voc import _RestrictedUnpickler, labels_from_mask, map_class_ids, load_cls_labels, read_name_list
+from core.data.voc import (
+    _RestrictedUnpickler,
+    labels_from_mask,
+    load_cls_labels,
+    map_class_ids,
+    read_name_list,
+)
 from core.io import ImageReadError, read_mask
 
 from .conftest import save_jpeg, write_json, write_split

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
+import functools
 from pathlib import Path
 from typing import Any
 
 from core.data.scenes.writer import is_complete, read_meta
-from core.data.voc import DatasetError, VOCLayoutDataset, make_transform, read_class_names
+from core.data.voc import Layout, VOCLayoutDataset, read_class_names
 
 
 class ScenesDataset(VOCLayoutDataset):
@@ -16,32 +16,17 @@ class ScenesDataset(VOCLayoutDataset):
     ``meta`` is its ``meta.json`` (options, counts, item source; empty for a folder without one)."""
 
     kind = "scenes"
+    missing_root_hint = "; generate it with python -m core.data.scenes --out {root}"
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str,
-        *,
-        train: bool,
-        data_cfg: dict[str, Any],
-        seed: int = 0,
-    ) -> None:
-        root = Path(root)
-        if not root.is_dir():
-            raise DatasetError(
-                f"scenes root {root} does not exist; generate it with python -m core.data.scenes --out {root}"
-            )
-        super().__init__(
-            root,
-            split,
+    def layout(self, root: Path, split: str) -> Layout:
+        return Layout(
             list_file=root / "ImageSets" / "Segmentation" / f"{split}.txt",
             image_dir=root / "JPEGImages",
             mask_dir=root / "SegmentationClass",
             class_names=read_class_names(root),
-            train=train,
-            transform=make_transform(data_cfg, train),
-            seed=seed,
-            ignore_index=data_cfg.get("ignore_index", 255),
             list_hint=f"; generate the benchmark with python -m core.data.scenes --out {root}",
         )
-        self.meta: dict[str, Any] = read_meta(root) if is_complete(root) else {}
+
+    @functools.cached_property
+    def meta(self) -> dict[str, Any]:
+        return read_meta(self.root) if is_complete(self.root) else {}
