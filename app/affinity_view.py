@@ -26,15 +26,19 @@ def layout(C: dict) -> None:
         "the **raw attention** baseline (MHSA), with the clicked point marked."
     )
     with gr.Row(equal_height=True):
-        C["aff_click"] = gr.Image(
-            label="Click a pixel", interactive=False, format="jpeg", elem_id="affinity-click"
-        )
-        C["aff_learned"] = gr.Image(
-            label="Learned affinity (AFA)", interactive=False, format="jpeg", elem_id="affinity-learned"
-        )
-        C["aff_mhsa"] = gr.Image(
-            label="MHSA attention", interactive=False, format="jpeg", elem_id="affinity-mhsa"
-        )
+        for view, label, elem_id in (
+            ("aff_click", "Click a pixel", "affinity-click"),
+            ("aff_learned", "Learned affinity (AFA)", "affinity-learned"),
+            ("aff_mhsa", "MHSA attention", "affinity-mhsa"),
+        ):
+            C[view] = gr.Image(
+                label=label,
+                interactive=False,
+                format="jpeg",
+                elem_id=elem_id,
+                min_width=320,
+                elem_classes="afa-map",
+            )
     C["aff_note"] = gr.Markdown(elem_classes="afa-note", elem_id="affinity-note")
     with gr.Row():
         C["smooth"] = gr.Checkbox(False, label="Smooth token maps (bilinear; off = one square per token)")
@@ -48,9 +52,12 @@ def views(session: Session, afa: Any, settings: ViewSettings) -> dict:
     if afa is None:
         return {"aff_click": None, "aff_learned": None, "aff_mhsa": None, "aff_note": ""}
     image, point = afa.image, session.point_or_centre()
-    clicked = render.draw_marker(image, point)
+    # drawn at display size: markers and boxes in display pixels, clicks mapped back (on_select)
+    factor = render.display_scale(image.shape)
+    shown, marked = render.enlarge(image, factor), render.to_display(point, factor)
+    clicked = render.draw_marker(shown, marked)
     if afa.affinity is None or afa.grid is None:
-        blank = render.placeholder("this model has no attention, so no affinity", image.shape[:2])
+        blank = render.placeholder("this model has no attention, so no affinity", shown.shape[:2])
         return {
             "aff_click": clicked,
             "aff_learned": blank,
@@ -63,10 +70,11 @@ def views(session: Session, afa: Any, settings: ViewSettings) -> dict:
     learned = np.asarray(afa.affinity[index], dtype=np.float32).reshape(grid)
     mode = "bilinear" if settings.smooth else "nearest"
     opacity = settings.opacity
+    box = tuple(v * factor for v in render.token_box((row, col), image.shape, grid))
     result = {
-        "aff_click": render.draw_token_box(clicked, render.token_box((row, col), image.shape, grid)),
+        "aff_click": render.draw_token_box(clicked, box),
         "aff_learned": render.draw_marker(
-            render.overlay_heatmap(image, learned, opacity, 0.0, 1.0, mode=mode), point
+            render.overlay_heatmap(shown, learned, opacity, 0.0, 1.0, mode=mode), marked
         ),
     }
     mhsa_note = ""
@@ -75,11 +83,11 @@ def views(session: Session, afa: Any, settings: ViewSettings) -> dict:
         lo, hi = float(mhsa.min()), float(mhsa.max())
         # attention rows sum to 1, so their values are tiny: stretch each row over the colour scale
         result["aff_mhsa"] = render.draw_marker(
-            render.overlay_heatmap(image, mhsa, opacity, lo, max(hi, lo + 1e-12), mode=mode), point
+            render.overlay_heatmap(shown, mhsa, opacity, lo, max(hi, lo + 1e-12), mode=mode), marked
         )
         mhsa_note = f"MHSA attention {lo:.2g}–{hi:.2g} (stretched to the colour scale). "
     else:
-        result["aff_mhsa"] = render.placeholder("no MHSA map for this model", image.shape[:2])
+        result["aff_mhsa"] = render.placeholder("no MHSA map for this model", shown.shape[:2])
     result["aff_note"] = (
         f"Pixel ({point[0]}, {point[1]}) → token (row {row}, col {col}) of the {grid[0]}×{grid[1]} grid. "
         f"Learned affinity {learned.min():.3f}–{learned.max():.3f} (colour scale 0–1). {mhsa_note}"
@@ -124,8 +132,11 @@ def on_smooth(smooth: bool, block, opacity: float, session: Session | None) -> d
 
 
 def on_select(session, block, opacity, smooth, evt: gr.SelectData) -> dict:
-    """A click on an image: Gradio gives the pixel as ``evt.index = [x, y]``."""
+    """A click on an image: Gradio gives the pixel of the picture as ``evt.index = [x, y]``; the
+    picture is the image enlarged by ``render.display_scale``."""
     point = evt.index if isinstance(evt.index, (list, tuple)) else None
+    if point is not None and session is not None and session.image is not None:
+        point = render.from_display(point, render.display_scale(session.image.shape))
     return on_click(session, point, block, opacity, smooth)
 
 

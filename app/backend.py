@@ -6,6 +6,7 @@ be exercised without a model. Loaded models are kept in a small LRU keyed by fil
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -25,10 +26,21 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def example_images() -> list[str]:
-    """The example images the Inspect tab offers (the app's own assets)."""
+    """The example images the Inspect tab offers (the app's own assets). An example with ground
+    truth has ``NAME.json`` beside it naming its mask (``NAME.png``), which is not an example."""
     if not EXAMPLES_DIR.is_dir():
         return []
-    return [str(p) for p in sorted(EXAMPLES_DIR.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS]
+    masks = set()
+    for descriptor in EXAMPLES_DIR.glob("*.json"):
+        try:
+            masks.add(str(json.loads(descriptor.read_text()).get("mask", descriptor.stem + ".png")))
+        except (OSError, ValueError, AttributeError):
+            masks.add(descriptor.stem + ".png")
+    return [
+        str(p)
+        for p in sorted(EXAMPLES_DIR.iterdir())
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.name not in masks
+    ]
 
 
 def checkpoint_dirs() -> list[Path]:
@@ -76,6 +88,11 @@ class CoreBackend:
 
         return read_image(source, max_side)
 
+    def read_mask(self, path: Path):
+        from core.io import read_mask
+
+        return read_mask(path)
+
     def read_meta(self, path: Path) -> dict:
         from core.checkpoint import read_meta
 
@@ -102,17 +119,50 @@ class CoreBackend:
                 self._load_locks.pop(key, None)
             return model
 
-    def analyze(self, model, image, labels, crf):
-        """``core.analyze`` at the checkpoint's own CAM scales (on a ZeroGPU Space, on the GPU it
-        grants, else on the CPU)."""
+    def analyze(self, model, image, labels, crf, dense=True):
+        """``core.analyze`` at the checkpoint's own CAM scales and the app's precision (on a
+        ZeroGPU Space, on the GPU it grants, else on the CPU); ``dense``: pseudo labels as
+        ``core.evaluate`` scores them (one background score), else the training labels."""
         import core
 
+        options = dict(dense=dense)
+
         def on_cpu():
-            return core.analyze(model, image, labels=labels, crf=crf)
+            return core.analyze(model, image, labels=labels, crf=crf, **options)
 
         if self.gpu is not None:
-            return self.gpu.analyze(model, image, labels, crf, on_cpu)
+            return self.gpu.analyze(model, image, labels, crf, on_cpu, **options)
         return on_cpu()
+
+    def evaluation_model(self, path: Path):
+        """A model of its own for a dataset evaluation (not shared with the analyses of the
+        Inspect tab, which run at the same time in other threads)."""
+        import core
+
+        return core.load_model(str(path))
+
+    def open_evaluation(self, checkpoint: Path, root: Path, split: str):
+        """``(cfg, dataset)`` as ``python -m core.evaluate`` builds them."""
+        from core.evaluate import open_evaluation
+
+        return open_evaluation(checkpoint, root, split)
+
+    def evaluate_images(self, model, dataset, cfg, indices, crf):
+        """``core.evaluate.evaluate_images``: one ``ImageEvaluation`` per index, in order."""
+        from core.evaluate import evaluate_images
+
+        return evaluate_images(model, dataset, cfg, indices, crf=crf)
+
+    def dataset_classes(self, root: Path) -> list[str]:
+        """A dataset folder's class names (background first), from its layout."""
+        from core.config import load_config, set_by_path
+        from core.data import class_names
+        from core.evaluate import infer_dataset_kind
+
+        cfg = load_config()
+        set_by_path(cfg, "data.name", infer_dataset_kind(Path(root)))
+        set_by_path(cfg, "data.root", str(root))
+        return class_names(cfg)
 
     def add_crf(self, analysis):
         import core

@@ -43,9 +43,11 @@ def analysis_key(
     checkpoint: str | os.PathLike,
     labels: tuple[str, ...] | None,
     crf: bool,
+    dense: bool = True,
 ) -> tuple:
+    """``(image, checkpoint, labels, crf, dense)``: what an analysis depends on."""
     labels_part = None if labels is None else tuple(sorted(labels))
-    return (image_hash, checkpoint_fingerprint(checkpoint), labels_part, bool(crf))
+    return (image_hash, checkpoint_fingerprint(checkpoint), labels_part, bool(crf), bool(dense))
 
 
 def nbytes_of(obj: Any, _depth: int = 0) -> int:

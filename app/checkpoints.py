@@ -56,3 +56,30 @@ class CheckpointRegistry:
 
 
 CHECKPOINTS = CheckpointRegistry()
+
+
+def describe_domain(info: CheckpointInfo | None) -> str:
+    """What a checkpoint knows and what it learnt from, as its metadata says: "knows top, trouser,
+    dress, shoe, bag · trained on scenes (data/scenes)"."""
+    if info is None:
+        return ""
+    from core.data import COCO_CLASSES, VOC_CLASSES
+
+    classes = list(info.classes)
+    if classes == list(VOC_CLASSES):
+        knows = f"knows the {len(classes) - 1} PASCAL VOC classes"
+    elif classes == list(COCO_CLASSES):
+        knows = f"knows the {len(classes) - 1} COCO classes"
+    elif classes:
+        knows = f"knows {', '.join(classes[1:])}"
+    else:
+        knows = "its class names are not recorded"
+    data = info.meta.get("data") if isinstance(info.meta.get("data"), dict) else {}
+    if data.get("converted_from"):
+        origin = f"converted from the authors' checkpoint {data['converted_from']}"
+    elif data.get("name"):
+        root = f" ({data['root']})" if data.get("root") else ""
+        origin = f"trained on {data['name']}{root}"
+    else:
+        origin = "training data not recorded"
+    return f"{knows} · {origin}"

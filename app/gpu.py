@@ -56,15 +56,16 @@ def granted_device():
     return torch.device("cuda") if torch.cuda.is_available() else None
 
 
-def analyze_on_granted_gpu(model: Any, image: Any, labels: Any, crf: bool) -> Any:
-    """``core.analyze`` on the granted GPU; runs inside ``spaces.GPU`` (on ZeroGPU: in its worker)."""
+def analyze_on_granted_gpu(model: Any, image: Any, labels: Any, crf: bool, **options: Any) -> Any:
+    """``core.analyze`` on the granted GPU; runs inside ``spaces.GPU`` (on ZeroGPU: in its worker).
+    ``options``: further ``core.analyze`` arguments (``dense``, ``precision``)."""
     import core
 
     try:
         device = granted_device()
         if device is not None:
             model = model.to(device)
-        return core.analyze(model, image, labels=labels, crf=crf)
+        return core.analyze(model, image, labels=labels, crf=crf, **options)
     except Exception as exc:  # noqa: BLE001 - returned, re-raised as itself by GpuRunner.analyze
         if not isinstance(exc, UserError):
             log.exception("analysis failed on the GPU worker")
@@ -77,9 +78,11 @@ class GpuRunner:
     def __init__(self, gpu: Callable):
         self.call = gpu(duration=GPU_SECONDS)(analyze_on_granted_gpu)
 
-    def analyze(self, model: Any, image: Any, labels: Any, crf: bool, on_cpu: Callable[[], Any]) -> Any:
+    def analyze(
+        self, model: Any, image: Any, labels: Any, crf: bool, on_cpu: Callable[[], Any], **options: Any
+    ) -> Any:
         try:
-            result = self.call(model, image, labels, crf)
+            result = self.call(model, image, labels, crf, **options)
         except Exception as exc:  # noqa: BLE001 - only the GPU machinery raises here (see Raised)
             log.warning("no GPU granted for this analysis (%s); running it on the CPU", one_line(exc))
             return on_cpu()

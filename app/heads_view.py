@@ -22,7 +22,13 @@ def layout(C: dict) -> None:
     C["heads_block"] = gr.Dropdown([], label="Block")
     with gr.Row():
         C["heads_click"] = gr.Image(
-            label="Click a pixel", interactive=False, format="jpeg", scale=1, elem_id="heads-click"
+            label="Click a pixel",
+            interactive=False,
+            format="jpeg",
+            scale=1,
+            elem_id="heads-click",
+            min_width=320,
+            elem_classes="afa-map",
         )
         C["heads_grid"] = gr.Image(
             label="Heads", show_label=False, interactive=False, format="jpeg", scale=2, elem_id="heads-grid"
@@ -55,12 +61,13 @@ def views(session: Session, afa: Any, settings: ViewSettings) -> dict:
             "heads_block": gr.update(choices=[], value=None),
         }
     image, point = afa.image, session.point_or_centre()
-    clicked = render.draw_marker(image, point)
+    factor = render.display_scale(image.shape)  # as the Affinity tab: clicks map back the same way
+    clicked = render.draw_marker(render.enlarge(image, factor), render.to_display(point, factor))
     if not afa.attention:
         return {
             "heads_click": clicked,
             "heads_block": gr.update(choices=[], value=None),
-            "heads_grid": render.placeholder("this model has no attention heads", image.shape[:2]),
+            "heads_grid": render.placeholder("this model has no attention heads", clicked.shape[:2]),
             "heads_note": "The selected checkpoint has no attention blocks (CNN).",
         }
     block = settings.block
@@ -91,7 +98,9 @@ def views(session: Session, afa: Any, settings: ViewSettings) -> dict:
         + ". Each head is stretched from its own minimum to its maximum."
     )
     return {
-        "heads_click": render.draw_token_box(clicked, render.token_box((row, col), image.shape, grid)),
+        "heads_click": render.draw_token_box(
+            clicked, tuple(v * factor for v in render.token_box((row, col), image.shape, grid))
+        ),
         "heads_block": gr.update(choices=block_choices(afa), value=block),
         "heads_grid": render.tile_grid(tiles, titles, min(len(tiles), 4)),
         "heads_note": note,

@@ -28,7 +28,13 @@ def layout(C: dict) -> None:
         )
     with gr.Row():
         C["par_image"] = gr.Image(
-            elem_id="par-image", label="Score map", interactive=False, format="jpeg", scale=1
+            elem_id="par-image",
+            label="Score map",
+            interactive=False,
+            format="jpeg",
+            scale=1,
+            min_width=320,
+            elem_classes="afa-map",
         )
         C["par_strip"] = gr.Image(
             label="All iterations", show_label=False, interactive=False, format="jpeg", scale=2
@@ -75,7 +81,7 @@ def views(afa: Any, class_id: int | None, step: int | None) -> dict:
             choices=[(render.class_name(afa.classes, c), c) for c in channels], value=class_id
         ),
         "par_step": gr.update(minimum=0, maximum=last, value=step),
-        "par_image": render.overlay_heatmap(afa.image, maps[step], vmin=lo, vmax=hi),
+        "par_image": render.overlay_heatmap(render.for_display(afa.image), maps[step], vmin=lo, vmax=hi),
         "par_strip": strip,
         "par_note": note,
     }

@@ -102,3 +102,27 @@ def _percent(value: float) -> float:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def per_class_iou_figure(classes: list[str], stages: dict[str, dict]) -> go.Figure:
+    """Grouped bars: each class's IoU (%) for every stage. ``stages``: ``{stage: {class: IoU or
+    None}}`` as ``ConfusionMatrix.as_dict`` gives its ``per_class``."""
+    fig = go.Figure()
+    for stage, per_class in stages.items():
+        values = [per_class.get(name) for name in classes]
+        fig.add_trace(
+            go.Bar(
+                x=list(classes),
+                y=[None if v is None else 100.0 * v for v in values],
+                name=stage,
+                hovertemplate="%{x}: %{y:.1f}<extra>" + stage + "</extra>",
+            )
+        )
+    fig.update_layout(
+        **_LAYOUT,
+        barmode="group",
+        height=340,
+        title=dict(text="Per-class IoU per stage (dataset)", font=dict(size=13)),
+    )
+    fig.update_yaxes(range=[0, 100], title_text="IoU %")
+    return fig

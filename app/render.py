@@ -16,6 +16,9 @@ IGNORE_ID = 255
 IGNORE_COLOUR = (255, 255, 255)
 DEFAULT_OPACITY = 0.55  # of every overlay until the user moves the opacity slider
 THUMB_SIDE = 176  # long side of the small tiles (attention heads, PAR steps)
+DISPLAY_SIDE = 384  # maps are drawn at least this long (small images enlarged by a whole factor)
+# colours of the kinds of error of core.method.metrics.error_map (0 = correct: left unpainted)
+ERROR_COLOURS = {1: (230, 40, 40), 2: (40, 110, 255), 3: (255, 170, 0), 4: (170, 60, 220)}
 
 
 @lru_cache(maxsize=1)
@@ -93,6 +96,59 @@ def overlay_heatmap(
     """A heat map of ``values`` (any resolution; resized for display) over ``image``."""
     values = fit_to(np.asarray(values, dtype=np.float32), image.shape[:2], mode=mode)
     return blend(image, heatmap(values, vmin, vmax, cmap), opacity)
+
+
+def display_scale(shape: tuple[int, ...]) -> int:
+    """The whole factor by which an image of ``shape`` is enlarged for display, so that its long
+    side is at least ``DISPLAY_SIDE`` (1 for images that are already large enough)."""
+    return max(1, -(-DISPLAY_SIDE // max(int(shape[0]), int(shape[1]))))
+
+
+def enlarge(image: np.ndarray, factor: int) -> np.ndarray:
+    """A photo enlarged ``factor`` times, smoothly (maps drawn over it bring their own resizing:
+    nearest for class ids, bilinear for scores)."""
+    if factor == 1:
+        return _rgb(image)
+    height, width = image.shape[:2]
+    return cv2.resize(_rgb(image), (width * factor, height * factor), interpolation=cv2.INTER_CUBIC)
+
+
+def for_display(image: np.ndarray) -> np.ndarray:
+    """The image at its display size (see ``display_scale``)."""
+    return enlarge(image, display_scale(image.shape))
+
+
+def to_display(point: tuple[int, int], factor: int) -> tuple[int, int]:
+    """Image pixel ``(x, y)`` -> the centre of its block in an image enlarged ``factor`` times."""
+    return int(point[0]) * factor + factor // 2, int(point[1]) * factor + factor // 2
+
+
+def from_display(point, factor: int) -> tuple[int, int]:
+    """A pixel of an image enlarged ``factor`` times -> the image pixel it shows."""
+    return int(point[0]) // factor, int(point[1]) // factor
+
+
+def overlay_errors(image: np.ndarray, errors: np.ndarray, opacity: float = DEFAULT_OPACITY) -> np.ndarray:
+    """Paint the wrong pixels of an ``error_map`` (codes of ``ERROR_COLOURS``) over the image, which
+    is greyed so that the colours stand out; correct and ignored pixels are left grey."""
+    errors = fit_to(errors, image.shape[:2], mode="nearest")
+    grey = cv2.cvtColor(cv2.cvtColor(_rgb(image), cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    paint = np.zeros_like(grey)
+    for code, colour in ERROR_COLOURS.items():
+        paint[errors == code] = colour
+    return blend(grey, paint, max(opacity, 0.7), np.isin(errors, list(ERROR_COLOURS)))
+
+
+def errors_legend_html(names: dict[int, str]) -> str:
+    """Swatches of the error colours, ``names`` = core's ``ERROR_KINDS``."""
+    items = []
+    for code, (r, g, b) in ERROR_COLOURS.items():
+        items.append(
+            '<span style="display:inline-flex;align-items:center;margin:2px 10px 2px 0;white-space:nowrap">'
+            f'<span style="width:14px;height:14px;border:1px solid #888;background:rgb({r},{g},{b});'
+            f'display:inline-block;margin-right:5px"></span>{html.escape(names.get(code, str(code)))}</span>'
+        )
+    return f'<div class="afa-legend"><b>Errors</b> {"".join(items)} (grey: correct or ignored)</div>'
 
 
 def fit_to(values: np.ndarray, size: tuple[int, int], mode: str = "nearest") -> np.ndarray:

@@ -8,10 +8,13 @@ The analyses themselves live in :data:`app.cache.ANALYSES`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
 from app.render import DEFAULT_OPACITY
+
+LABEL_MODES = ("true", "predicted", "custom")
 
 
 @dataclass
@@ -21,9 +24,14 @@ class Session:
     image_notes: list[str] = field(default_factory=list)
     afa_id: str | None = None  # checkpoint ids (paths relative to the app root)
     cnn_id: str | None = None
-    labels: tuple[str, ...] | None = None  # user override of image-level labels, None = predicted
+    labels: tuple[str, ...] | None = None  # the user's image-level labels (label_mode "custom")
+    label_mode: str = "predicted"  # "true" (the ground truth's), "predicted" or "custom"
     crf: bool = False
-    keys: dict[str, tuple] = field(default_factory=dict)  # "afa" / "cnn" -> cache key
+    dense: bool = True  # pseudo labels as core.evaluate scores them (False: the training labels)
+    show_errors: bool = False  # paint the label maps' errors against the ground truth
+    truth: Any = None  # app.truth.GroundTruth of the image, when it has one
+    keys: dict[str, tuple] = field(default_factory=dict)  # "afa" / "cnn" / "cmp_a" / "cmp_b" -> cache key
+    compare: tuple[str, str] | None = None  # the Compare tab's two checkpoint ids
     point: tuple[int, int] | None = None  # clicked (x, y) in image pixels
 
     @property

@@ -1,8 +1,9 @@
 """The Gradio app: ``build_app(public) -> gr.Blocks``, one tab per view module.
 
-Each view module (``inspect_view``, ``affinity_view``, ``heads_view``, ``par_view``,
-``train_view``) has a ``layout`` function that builds its components into the shared dict ``C``
-(name -> component) and a ``wire`` function that connects its events once every tab exists.
+Each view module (``inspect_view``, ``dataset_view``, ``compare_view``, ``affinity_view``,
+``heads_view``, ``par_view``, ``train_view``) has a ``layout`` function that builds its components
+into the shared dict ``C`` (name -> component) and a ``wire`` function that connects its events
+once every tab exists.
 """
 
 from __future__ import annotations
@@ -11,7 +12,16 @@ import os
 
 import gradio as gr
 
-from app import affinity_view, analysis, heads_view, inspect_view, par_view, train_view
+from app import (
+    affinity_view,
+    analysis,
+    compare_view,
+    dataset_view,
+    heads_view,
+    inspect_view,
+    par_view,
+    train_view,
+)
 from app.backend import example_images
 from app.checkpoints import CHECKPOINTS
 from app.state import Session
@@ -25,6 +35,15 @@ learned affinity (AFA), and click any pixel to see its affinity and every attent
 CSS = """
 .afa-legend {font-size: 0.9em}
 .afa-note {font-size: 0.9em}
+/* maps fill their panel (they are drawn at >= 384 px), never wider than the screen */
+.afa-map img {width: 100%; height: auto; max-height: none; object-fit: contain}
+.afa-map .image-container, .afa-map .image-frame {height: auto !important}
+/* nothing may push the page sideways at 1280 px; narrow screens stack the panels */
+.gradio-container {max-width: 100vw; overflow-x: hidden}
+@media (max-width: 700px) {
+  .gradio-container .row, .gradio-container .form {flex-direction: column}
+  .gradio-container .column {min-width: 100% !important}
+}
 """
 
 
@@ -52,6 +71,10 @@ def build_app(public: bool = False, warm: bool | None = None) -> gr.Blocks:
         with gr.Tabs(selected="inspect") as C["tabs"]:
             with gr.Tab("Inspect", id="inspect") as inspect_tab:
                 inspect_view.layout(C, examples)
+            with gr.Tab("Dataset", id="dataset") as dataset_tab:
+                dataset_view.layout(C, public)
+            with gr.Tab("Compare", id="compare") as compare_tab:
+                compare_view.layout(C)
             with gr.Tab("Affinity", id="affinity") as affinity_tab:
                 affinity_view.layout(C)
             with gr.Tab("Attention heads", id="heads") as heads_tab:
@@ -62,10 +85,17 @@ def build_app(public: bool = False, warm: bool | None = None) -> gr.Blocks:
                 train_view.layout(C, public)
 
         inspect_view.wire(C)
+        dataset_view.wire(C)
+        compare_view.wire(C)
         affinity_view.wire(C)
         heads_view.wire(C)
         par_view.wire(C)
-        train_view.wire(C, public, train_tab, other_tabs=(inspect_tab, affinity_tab, heads_tab, par_tab))
+        train_view.wire(
+            C,
+            public,
+            train_tab,
+            other_tabs=(inspect_tab, dataset_tab, compare_tab, affinity_tab, heads_tab, par_tab),
+        )
         # the app opens on the first example
         demo.load(
             lambda: examples[0] if examples and afa_default else gr.skip(),

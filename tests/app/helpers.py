@@ -116,6 +116,7 @@ class FakeBackend:
         for name in ("afa_fake.safetensors", "cnn_cam_fake.safetensors"):
             (self.dir / name).write_bytes(b"x")
         self.analyze_calls: list[dict] = []
+        self.dense_calls: list[bool] = []
         self.fail_read: Exception | None = None
         self.fail_analyze: Exception | None = None
         self.crf_error: Exception | None = None
@@ -138,8 +139,9 @@ class FakeBackend:
     def load_model(self, path):
         return FakeModel("cnn_cam" if "cnn" in Path(path).name else "afa")
 
-    def analyze(self, model, image, labels, crf):
+    def analyze(self, model, image, labels, crf, dense=True):
         self.analyze_calls.append({"kind": model.kind, "labels": labels, "crf": crf})
+        self.dense_calls.append(dense)
         if self.fail_analyze is not None:
             raise self.fail_analyze
         if crf and self.crf_error is not None:

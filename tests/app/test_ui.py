@@ -87,7 +87,10 @@ def test_public_app_has_no_path_box_and_caps_training(fake_backend):
     assert {c[1] for c in C["t_encoder"].choices} == {"mit_b0", "resnet10t", "resnet18"}
     assert C["t_iters"].maximum == 300
     textboxes = [b for b in demo.blocks.values() if isinstance(b, gr.Textbox) and b.visible is not False]
-    assert [b.label for b in textboxes] == ["Run name"]
+    # no path anywhere: the Dataset tab's only box filters the table by image name
+    assert sorted(b.label for b in textboxes) == ["Name contains", "Run name"]
+    datasets = [value for _, value in C["ds_dataset"].choices]
+    assert datasets and all(d.startswith("assets/datasets/") for d in datasets)  # the bundled subset only
 
 
 def test_launch_settings(app_module, monkeypatch):

@@ -37,8 +37,9 @@ def _image(views, name):
 def test_on_image_renders_every_view(analysed, fake_backend):
     session, views = analysed
     assert session.ready and set(session.keys) == {"afa", "cnn"}
-    for name in ("cam_cnn", "cam_afa", "label_cam", "label_par", "label_mhsa", "label_afa", "seg"):
-        assert _image(views, name).shape == (96, 128, 3)
+    # a 96x128 image is drawn 3x (long side 384 >= render.DISPLAY_SIDE), every map alike
+    for name in ("cam_cnn", "cam_afa", "label_cam", "label_par", "label_mhsa", "label_afa", "seg", "aff_learned"):
+        assert _image(views, name).shape == (288, 384, 3), name
     for name in ("aff_click", "aff_learned", "aff_mhsa", "heads_grid", "par_image", "par_strip"):
         _image(views, name)
     assert "cat" in views["status"] and "car" in views["status"]
@@ -206,7 +207,7 @@ def test_model_without_attention_shows_placeholders(fake_backend, ids):
     image = np.zeros((64, 64, 3), dtype=np.uint8)
     views = on_image(image, ids[0], None, False, 0.5, False, Session())
     assert "no attention" in views["aff_note"]
-    assert _image(views, "label_afa").shape == (64, 64, 3)
+    assert _image(views, "label_afa").shape == (384, 384, 3)  # 64 px drawn 6x
     assert views["heads_block"]["choices"] == []
     click = on_click(views["session"], (3, 3), None, 0.5, False)
     assert "aff_learned" in click
