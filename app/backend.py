@@ -22,6 +22,8 @@ log = logging.getLogger("afa_app")
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES_DIR = ROOT / "assets" / "examples"
+# of every model pass (analyses and dataset evaluations alike): core.precision's auto|fp32|bf16|fp16
+PRECISION = os.environ.get("AFA_APP_PRECISION", "auto")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
@@ -125,7 +127,7 @@ class CoreBackend:
         ``core.evaluate`` scores them (one background score), else the training labels."""
         import core
 
-        options = dict(dense=dense)
+        options = dict(dense=dense, precision=PRECISION)
 
         def on_cpu():
             return core.analyze(model, image, labels=labels, crf=crf, **options)
@@ -151,7 +153,7 @@ class CoreBackend:
         """``core.evaluate.evaluate_images``: one ``ImageEvaluation`` per index, in order."""
         from core.evaluate import evaluate_images
 
-        return evaluate_images(model, dataset, cfg, indices, crf=crf)
+        return evaluate_images(model, dataset, cfg, indices, crf=crf, precision=PRECISION)
 
     def dataset_classes(self, root: Path) -> list[str]:
         """A dataset folder's class names (background first), from its layout."""

@@ -6,7 +6,12 @@ Each image's per-stage confusion matrix comes from core; the app keeps its non-z
 its mIoU (core's ``ConfusionMatrix.miou``). Dataset scores are those matrices summed and read by
 core's ``ConfusionMatrix`` again, so they are the numbers ``python -m core.evaluate`` prints for
 the same images and settings (the CLI's defaults: dense pseudo labels, the checkpoint's scales,
-``precision auto``; CRF only when asked).
+``--precision`` as ``AFA_APP_PRECISION``, auto by default; CRF only when asked).
+
+An image opened in Inspect from the table is analysed the same way, so the scores under its maps
+are the table's; under bf16 (``auto`` on a CPU or GPU with fast bf16) they can differ by
+rounding, because Inspect also captures every attention map, which the fused attention kernel of
+an evaluation does not compute the same way. In fp32 they are equal (tested).
 
 Datasets: ``AFA_APP_DATASETS`` (a server setting: ``os.pathsep``-separated folders, each
 optionally ``FOLDER@SPLIT``; default ``data/scenes@val`` when it exists) plus the bundled subsets
@@ -32,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from app import backend
 from app.backend import BACKEND, ROOT, CheckpointInfo
 from app.cache import checkpoint_fingerprint
 from core.errors import UserError
@@ -283,7 +289,7 @@ def evaluation_key(checkpoint: CheckpointInfo, dataset: DatasetInfo, crf: bool) 
         checkpoint_fingerprint(split_file),
         bool(crf),
         "dense",
-        "auto",
+        backend.PRECISION,
     ]
     return hashlib.blake2b(json.dumps(parts).encode(), digest_size=12).hexdigest()
 
@@ -360,7 +366,7 @@ class EvaluationStore:
                         "split": dataset.split,
                         "crf": bool(crf),
                         "labels": "dense",
-                        "precision": "auto",
+                        "precision": backend.PRECISION,
                     },
                     classes=list(data.class_names),
                     names=list(data.names),

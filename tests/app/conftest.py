@@ -14,6 +14,7 @@ from tests.app.helpers import (
     copy_finished_runs,
     core_ready,
     free_port,
+    make_tiny_checkpoints,
     random_checkpoints,
     shipped_checkpoints,
 )
@@ -128,3 +129,43 @@ def quiet_gradio_toasts():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module="gradio.helpers")
         yield
+
+
+# ------------------------------------------------------------------------------------------------
+# the real core on tiny models and a tiny generated dataset (Dataset tab, export, conversion)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """6 val (and 2 train) procedural scenes of 64x64 in VOC layout, with masks."""
+    from core.data.scenes import SceneOptions, generate_dataset
+
+    root = tmp_path_factory.mktemp("app_data") / "scenes"
+    opts = SceneOptions(size=64, scale_min=1.0, scale_max=1.5)
+    generate_dataset(root, seed=1, n_train=2, n_val=6, opts=opts, source="procedural")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory, tiny_dataset) -> Path:
+    """A folder of two tiny random AFA checkpoints (seeds 0 and 1) of the tiny dataset's classes."""
+    return make_tiny_checkpoints(tmp_path_factory.mktemp("app_ckpts"), tiny_dataset)
+
+
+@pytest.fixture
+def real_env(tmp_path, monkeypatch, tiny_dataset, tiny_checkpoints):
+    """The app on the real core: the tiny checkpoints, the tiny dataset (and the bundled ones),
+    an empty runs folder and an evaluation cache of its own; shared caches emptied."""
+    from app import cache, checkpoints, dataset_view, evaluations
+
+    monkeypatch.setenv("AFA_APP_CHECKPOINT_DIRS", str(tiny_checkpoints))
+    monkeypatch.setenv("AFA_APP_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("AFA_APP_DATASETS", f"{tiny_dataset}@val")
+    monkeypatch.setenv("AFA_APP_EVAL_CACHE", str(tmp_path / "evaluations"))
+    monkeypatch.setitem(dataset_view.PUBLIC, "mode", False)
+    cache.ANALYSES.clear()
+    evaluations.EVALUATIONS.clear_memory()
+    checkpoints.CHECKPOINTS.refresh()
+    yield tmp_path
+    cache.ANALYSES.clear()
+    evaluations.EVALUATIONS.clear_memory()

@@ -225,6 +225,25 @@ def random_checkpoints(folder: Path) -> None:
         save_checkpoint(folder / f"{kind}_random_{backbone}.safetensors", model.state_dict(), meta)
 
 
+def make_tiny_checkpoints(folder: Path, dataset: Path, seeds=(0, 1)) -> Path:
+    """Tiny random AFA checkpoints (core/configs/tiny.yaml) of ``dataset``'s classes, one per seed:
+    ``afa_tiny_s<seed>.safetensors``."""
+    import torch
+
+    from core.config import load_config
+    from core.data import class_names
+    from core.models.registry import create_model
+    from core.runstate import save_model_checkpoint
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(ROOT / "core" / "configs" / "tiny.yaml", [f"data.root={dataset}"])
+    for seed in seeds:
+        torch.manual_seed(seed)
+        model = create_model(cfg, classes=class_names(cfg))
+        save_model_checkpoint(folder / f"afa_tiny_s{seed}.safetensors", model, cfg, step=seed)
+    return folder
+
+
 def free_port() -> int:
     import socket
 

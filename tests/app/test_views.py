@@ -38,7 +38,8 @@ def test_on_image_renders_every_view(analysed, fake_backend):
     session, views = analysed
     assert session.ready and set(session.keys) == {"afa", "cnn"}
     # a 96x128 image is drawn 3x (long side 384 >= render.DISPLAY_SIDE), every map alike
-    for name in ("cam_cnn", "cam_afa", "label_cam", "label_par", "label_mhsa", "label_afa", "seg", "aff_learned"):
+    maps = ("cam_cnn", "cam_afa", "label_cam", "label_par", "label_mhsa", "label_afa", "seg", "aff_learned")
+    for name in maps:
         assert _image(views, name).shape == (288, 384, 3), name
     for name in ("aff_click", "aff_learned", "aff_mhsa", "heads_grid", "par_image", "par_strip"):
         _image(views, name)
