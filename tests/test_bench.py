@@ -6,8 +6,15 @@ import json
 import torch
 
 from core.bench import _synthetic_batch, main
-from core.bench_reference import ReferencePAR, reference_pseudo_labels
+from core.bench_reference import (
+    ReferencePAR,
+    _reference_encoder,
+    reference_forward,
+    reference_pseudo_labels,
+    reference_training_step,
+)
 from core.config import load_config
+from core.method.affinity import radius_mask
 from core.method.par import apply_par, par_kernel
 from core.models.registry import create_model
 from core.step import pseudo_labels
@@ -29,11 +36,46 @@ def test_reference_step_gives_the_same_pseudo_labels():
     batch = _synthetic_batch(2, 64, 5, torch.device("cpu"), cfg)
     ours = pseudo_labels(model, batch, cfg, use_afa=True)
     ref = reference_pseudo_labels(
-        model, batch, cfg, ReferencePAR(cfg["par"]["dilations"], cfg["par"]["iters"])
+        model, batch, cfg, ReferencePAR(cfg["par"]["dilations"], cfg["par"]["iters"]), radius_mask(6, 6, 8)
     )
     for name in ("cam_label", "par_label", "aff_label"):
         agree = (ours[name] == ref[name]).float().mean().item()
         assert agree > 0.995, (name, agree)
+
+
+def test_reference_network_is_the_same_arithmetic():
+    """The authors' arrangement of the encoder and forward computes our model's outputs; its score
+    copies are our raw scores, pooled over the query grid in the reduced blocks as theirs are."""
+    cfg = load_config(None, ["model.backbone=mit_b0", "model.num_classes=5"])
+    torch.manual_seed(0)
+    model = create_model(cfg).eval()
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = model(x, all_attention=True)
+        feats, copies = _reference_encoder(model.encoder, x)
+        logits, seg, _, aff = reference_forward(model, x)
+        cam, aff_cam = reference_forward(model, x, cam_only=True)
+    for f, ref in zip(ours.enc.features, feats):
+        assert (f - ref).abs().max().item() < 1e-4
+    assert torch.allclose(copies[7], ours.enc.scores[7], atol=1e-4)  # stage 4: no reduction
+    pooled = torch.nn.functional.avg_pool2d(ours.enc.scores[0][0, 0].T.reshape(-1, 16, 24), 8)  # sr 8
+    assert torch.allclose(copies[0][0, 0], pooled.reshape(6, 6).T, atol=1e-3)
+    for name, value in (("logits", logits), ("seg", seg), ("affinity", aff), ("cam", cam)):
+        assert (getattr(ours, name) - value).abs().max().item() < 1e-4, name
+    assert torch.equal(aff, aff_cam)
+
+
+def test_reference_training_step_back_propagates():
+    cfg = load_config(None, ["model.backbone=mit_b0", "model.num_classes=5"])
+    torch.manual_seed(0)
+    model = create_model(cfg).train()
+    batch = _synthetic_batch(2, 64, 5, torch.device("cpu"), cfg)
+    masks = {"train": radius_mask(4, 4, 8), "infer": radius_mask(6, 6, 8)}
+    loss = reference_training_step(model, batch, cfg, ReferencePAR(), masks)
+    loss.backward()  # may be NaN, as theirs, when a label has no foreground or no background pixel
+    assert loss.shape == () and loss.requires_grad
+    for p in (model.attn_proj, model.decoder.linear_pred, model.encoder.patch_embed1.proj):
+        assert p.weight.grad is not None
 
 
 def test_bench_prints_one_json_object(capsys):
