@@ -1,12 +1,26 @@
 """``python -m core.bench``: timings of the core, printed as one JSON object.
 
-Keys: ``par_s`` (PAR, one 256x256 image, 4 score-map sets of 3 channels, 10 iterations),
-``analyze_s`` (core.analyze, MiT-b0, 320x320, scales 1.0/0.5/1.5), ``train_step_s`` (one full AFA
-step, MiT-b0, crop 224, batch 4, every loss on, backward and optimiser step included), the same
-for the reference arrangement of the authors' script (``*_ref_s``, see ``core/bench_reference.py``)
-and the ratios, the scenes training throughput and the evaluation throughput (images/s), plus
-torch version, thread count and device. Each figure is the median of ``--repeats`` runs after a
-warm-up.
+Every figure is the median of ``--repeats`` runs after a warm-up (wall clock). Keys:
+- ``precision``: what ``train.precision=auto`` resolves to on the device (the "default" below);
+- ``par_s`` / ``par_ref_s`` / ``par_speedup``: PAR on one 256x256 image, 4 score-map sets of 3
+  channels, 10 iterations; the reference rebuilds its kernel per set (``core/bench_reference.py``);
+- ``analyze_s`` (default precision) and ``analyze_fp32_s``: ``core.analyze`` of a 320x320 image,
+  MiT-b0, CAM scales 1.0/0.5/1.5, segmentation scales 1.0/0.5/0.75, every field (both random
+  walks, every block's attention);
+- ``train_step_s`` (default precision), ``train_step_fp32_s``, ``train_step_ref_s`` (the authors'
+  step in fp32, ``core/bench_reference.py``) and the speed-ups over the reference: one full AFA
+  step, MiT-b0, crop 224, batch 4, 21 classes, every loss on, backward and optimiser step
+  included; ``train_step_peak_mb`` / ``train_step_fp32_peak_mb`` / ``train_step_ref_peak_mb``:
+  the memory one step adds to what the process held before it (CPU: peak resident set size,
+  sampled; CUDA: ``max_memory_allocated``);
+- ``scenes_*``: the scenes recipe (``core/configs/scenes.yaml``: MiT-b0, its crop and batch):
+  training images/s (default, fp32, reference) and evaluation images/s (``core.analyze`` of one
+  image of the config's crop size, CAM and segmentation scales, no attention views);
+- ``voc_step_s`` / ``voc_step_peak_mb``: one step at the paper's VOC setting (MiT-b1, crop 512,
+  batch 2, 21 classes) in the default precision;
+- ``torch``, ``threads``, ``device``, ``repeats``, ``clock`` (``--clock cpu``: process CPU time
+  instead of wall time, for a shared machine with ``OMP_NUM_THREADS=1``).
+``--device cuda`` runs the same keys on a GPU.
 """
 
 from __future__ import annotations
@@ -21,15 +35,20 @@ import torch
 
 from core.errors import ArgumentParser, UserError, run_cli
 
+# The clock of every timing: wall time, or (``--clock cpu``) this process's CPU time, which on a
+# shared machine and with one thread approximates the wall time the work would take alone.
+CLOCK = {"fn": time.perf_counter}
+
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    clock = CLOCK["fn"]
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times)
 
 
@@ -69,6 +88,61 @@ def bench_par(device: torch.device, repeats: int) -> dict:
     return {"par_s": ours_s, "par_ref_s": ref_s, "par_speedup": ref_s / ours_s}
 
 
+class PeakMemory:
+    """Memory a block of work adds at its peak, in MB: CUDA ``max_memory_allocated`` minus what
+    was allocated before; on a CPU the peak resident set size (sampled every millisecond from
+    /proc/self/statm; the process-wide ``ru_maxrss`` where /proc is missing) minus the RSS before."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.mb = device, 0.0
+
+    @staticmethod
+    def _rss() -> int:
+        import os
+
+        try:
+            with open("/proc/self/statm") as fh:
+                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.before = torch.cuda.memory_allocated(self.device)
+            return self
+        import threading
+
+        self.before = self.peak = self._rss()
+        self.stop = threading.Event()
+
+        def sample() -> None:
+            while not self.stop.wait(0.001):
+                self.peak = max(self.peak, self._rss())
+
+        self.thread = threading.Thread(target=sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.mb = (torch.cuda.max_memory_allocated(self.device) - self.before) / 2**20
+            return
+        self.stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, self._rss())
+        self.mb = (self.peak - self.before) / 2**20
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def bench_analyze(device: torch.device, repeats: int) -> dict:
     from core.analyze import analyze
     from core.config import load_config
@@ -78,9 +152,11 @@ def bench_analyze(device: torch.device, repeats: int) -> dict:
     cfg = load_config(None, ["model.backbone=mit_b0", "model.num_classes=11"])
     model = create_model(cfg).to(device).eval()
     img = smooth_image(320, 320)
-    return {
-        "analyze_s": median_time(lambda: analyze(model, img, labels=None, scales=(1.0, 0.5, 1.5)), repeats)
-    }
+    out = {}
+    for key, precision in (("analyze_s", "auto"), ("analyze_fp32_s", "fp32")):
+        out[key] = median_time(lambda p=precision: analyze(model, img, scales=(1.0, 0.5, 1.5), precision=p),
+                               repeats)
+    return out
 
 
 def _synthetic_batch(b: int, size: int, num_classes: int, device: torch.device, cfg: dict) -> dict:
@@ -100,79 +176,92 @@ def _synthetic_batch(b: int, size: int, num_classes: int, device: torch.device, 
     }
 
 
-def bench_train_step(
-    device: torch.device,
-    repeats: int,
-    crop: int = 224,
-    batch_size: int = 4,
-    backbone: str = "mit_b0",
-    num_classes: int = 21,
-) -> dict:
-    import core.step as step_module
-    from core.bench_reference import ReferencePAR, reference_pseudo_labels
+def time_train_step(device: torch.device, repeats: int, crop: int, batch_size: int, backbone: str,
+                    num_classes: int, precision: str = "auto",
+                    reference: bool = False) -> tuple[float, float]:
+    """(median seconds, peak MB) of one training step with every loss on (``core.step``), or of
+    the authors' step (``reference``); backward and AdamW included."""
+    from core.bench_reference import ReferencePAR, reference_training_step
     from core.config import load_config
+    from core.method.affinity import radius_mask
     from core.models.registry import create_model
     from core.optim import build_optimizer
+    from core.step import training_step
 
-    cfg = load_config(
-        None,
-        [
-            f"model.backbone={backbone}",
-            f"model.num_classes={num_classes}",
-            f"data.crop_size={crop}",
-            f"train.batch_size={batch_size}",
-        ],
-    )
+    cfg = load_config(None, [f"model.backbone={backbone}", f"model.num_classes={num_classes}",
+                             f"data.crop_size={crop}", f"train.batch_size={batch_size}",
+                             f"train.precision={precision}"])
     torch.manual_seed(0)
     model = create_model(cfg).to(device).train()
     optimizer = build_optimizer(model, cfg["optim"])
     batch = _synthetic_batch(batch_size, crop, num_classes, device, cfg)
     step_no = cfg["train"]["aff_label_iters"] + 1  # every loss on, AFA labels supervise the decoder
+    if reference:
+        par = ReferencePAR(cfg["par"]["dilations"], cfg["par"]["iters"], cfg["par"]["w1"],
+                           cfg["par"]["w2"]).to(device)
+        largest = int(crop * max(cfg["cam"]["scales"]))
+        with torch.no_grad():  # the token grids, and the radius masks built once as their script
+            grid = model.affinity_grid(model.encoder(batch["image"][:1]))
+            big = model.affinity_grid(model.encoder(torch.nn.functional.interpolate(
+                batch["image"][:1], size=(largest, largest), mode="bilinear", align_corners=False)))
+        radius = cfg["affinity"]["radius"]
+        masks = {"train": radius_mask(*grid, radius, device), "infer": radius_mask(*big, radius, device)}
 
     def one_step():
-        res = step_module.training_step(model, batch, cfg, step_no)
+        if reference:
+            loss = reference_training_step(model, batch, cfg, par, masks)
+        else:
+            loss = training_step(model, batch, cfg, step_no).loss
         optimizer.zero_grad(set_to_none=True)
-        res.loss.backward()
+        loss.backward()
         optimizer.step()
+        _sync(device)
 
-    ours_s = median_time(one_step, repeats)
-    ref_par = ReferencePAR(
-        cfg["par"]["dilations"], cfg["par"]["iters"], cfg["par"]["w1"], cfg["par"]["w2"]
-    ).to(device)
-    original = step_module.pseudo_labels
-    step_module.pseudo_labels = lambda net, b, c, use_afa: reference_pseudo_labels(net, b, c, ref_par)
-    try:
-        ref_s = median_time(one_step, repeats)
-    finally:
-        step_module.pseudo_labels = original
-    return {"train_step_s": ours_s, "train_step_ref_s": ref_s, "train_step_speedup": ref_s / ours_s}
+    seconds = median_time(one_step, repeats)
+    with PeakMemory(device) as peak:
+        one_step()
+    return seconds, peak.mb
+
+
+def bench_train_step(device: torch.device, repeats: int) -> dict:
+    shape = {"crop": 224, "batch_size": 4, "backbone": "mit_b0", "num_classes": 21}
+    out = {}
+    for name, kwargs in (("train_step", {}), ("train_step_fp32", {"precision": "fp32"}),
+                         ("train_step_ref", {"reference": True})):
+        out[f"{name}_s"], out[f"{name}_peak_mb"] = time_train_step(device, repeats, **shape, **kwargs)
+    out["train_step_speedup"] = out["train_step_ref_s"] / out["train_step_s"]
+    out["train_step_fp32_speedup"] = out["train_step_ref_s"] / out["train_step_fp32_s"]
+    return out
+
+
+def bench_voc_step(device: torch.device, repeats: int) -> dict:
+    seconds, peak = time_train_step(device, min(repeats, 3), crop=512, batch_size=2, backbone="mit_b1",
+                                    num_classes=21)
+    return {"voc_step_s": seconds, "voc_step_peak_mb": peak}
 
 
 def bench_scenes_throughput(device: torch.device, repeats: int) -> dict:
     """Training and evaluation images/s with the scenes config (synthetic inputs of its size)."""
     from core.analyze import analyze
     from core.config import load_config
+    from core.models.registry import create_model
 
     cfg = load_config("core/configs/scenes.yaml")
     crop, bs = cfg["data"]["crop_size"], cfg["train"]["batch_size"]
-    step = bench_train_step(
-        device,
-        repeats,
-        crop=crop,
-        batch_size=bs,
-        backbone=cfg["model"]["backbone"],
-        num_classes=cfg["model"]["num_classes"],
-    )
-    from core.models.registry import create_model
-
+    shape = {"crop": crop, "batch_size": bs, "backbone": cfg["model"]["backbone"],
+             "num_classes": cfg["model"]["num_classes"]}
+    out = {"scenes_crop": crop, "scenes_batch": bs}
+    for key, kwargs in (("scenes_train_images_per_s", {}),
+                        ("scenes_train_images_per_s_fp32", {"precision": "fp32"}),
+                        ("scenes_train_images_per_s_ref", {"reference": True})):
+        out[key] = bs / time_train_step(device, repeats, **shape, **kwargs)[0]
+    out["scenes_train_speedup"] = out["scenes_train_images_per_s"] / out["scenes_train_images_per_s_ref"]
+    torch.manual_seed(0)
     model = create_model(cfg).to(device).eval()
-    img = smooth_image(256, 256)
-    eval_s = median_time(lambda: analyze(model, img, scales=cfg["cam"]["scales"]), repeats)
-    return {
-        "scenes_train_images_per_s": bs / step["train_step_s"],
-        "scenes_train_images_per_s_ref": bs / step["train_step_ref_s"],
-        "scenes_eval_images_per_s": 1.0 / eval_s,
-    }
+    img = smooth_image(crop, crop)
+    eval_s = median_time(lambda: analyze(model, img, scales=cfg["cam"]["scales"], attention=False), repeats)
+    out["scenes_eval_images_per_s"] = 1.0 / eval_s
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,11 +273,14 @@ def _main(argv: list[str] | None) -> int:
     parser = ArgumentParser(prog="python -m core.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the best available)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall time (default) or process CPU time (with OMP_NUM_THREADS=1 on a busy "
+                             "machine: close to the wall time alone)")
     parser.add_argument(
         "--only",
         nargs="*",
         default=None,
-        choices=["par", "analyze", "train_step", "scenes"],
+        choices=["par", "analyze", "train_step", "scenes", "voc"],
         help="run only these parts",
     )
     args = parser.parse_args(argv)
@@ -197,18 +289,24 @@ def _main(argv: list[str] | None) -> int:
 
     if args.repeats < 1:
         raise UserError(f"--repeats must be at least 1, got {args.repeats}")
+    CLOCK["fn"] = time.process_time if args.clock == "cpu" else time.perf_counter
     device = pick_device(args.device) if args.device else best_device()
     parts = {
         "par": bench_par,
         "analyze": bench_analyze,
         "train_step": bench_train_step,
         "scenes": bench_scenes_throughput,
+        "voc": bench_voc_step,
     }
+    from core.precision import resolve_precision
+
     result: dict = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "device": str(device),
         "repeats": args.repeats,
+        "clock": args.clock,
+        "precision": resolve_precision("auto", device).name,
     }
     for name, fn in parts.items():
         if args.only is None or name in args.only:

@@ -21,6 +21,14 @@ What runs in reduced precision, part by part (the rest stays fp32, and why):
   autocast. They are element-wise or small, so reduced precision would not be faster on a CPU,
   and PAR's ten iterations and the random walk's column normalisation accumulate rounding.
 The model's outputs (``AFAOutput``) are float32 whatever the setting.
+
+TF32 on CUDA: the model passes run with TF32 off (``ieee_fp32``), for matrix products and cuDNN
+convolutions alike (PyTorch allows TF32 convolutions by default). Under ``auto`` on a GPU with
+TF32 (compute capability 8.0+) the heavy work already runs in bf16, so TF32 would only touch the
+parts kept in fp32 on purpose; under ``fp32`` it would make the exact path inexact.
+Other GPU paths: ``F.scaled_dot_product_attention`` picks the flash / memory-efficient kernels by
+itself; fp16 trains with ``torch.amp.GradScaler`` (``core/train.py``); the loader pins memory and
+copies batches with ``non_blocking=True`` on CUDA.
 """
 
 from __future__ import annotations
@@ -52,10 +60,14 @@ class Precision:
         return self.name == "fp16"
 
     def autocast(self):
-        """Context for the model passes: autocast to ``dtype``, or nothing for fp32."""
-        if self.name == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
+        """Context for the model passes: autocast to ``dtype`` (nothing for fp32); on CUDA also
+        IEEE fp32 for the fp32 ops inside (no TF32), see the module docstring."""
+        stack = contextlib.ExitStack()
+        if self.device_type == "cuda":
+            stack.enter_context(ieee_fp32())
+        if self.name != "fp32":
+            stack.enter_context(torch.autocast(self.device_type, dtype=self.dtype))
+        return stack
 
 
 def cpu_has_native_bf16() -> bool:
@@ -101,6 +113,17 @@ def resolve_precision(setting: str | Precision, device: torch.device | str) -> P
     if isinstance(setting, Precision):
         return setting
     return _resolve(str(setting), torch.device(device))
+
+
+@contextlib.contextmanager
+def ieee_fp32():
+    """No TF32 inside: fp32 matrix products and cuDNN convolutions in full fp32; restored after."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def full_precision(device_type: str):

@@ -32,6 +32,21 @@ def test_autocast_contexts():
         assert (x @ x).dtype == torch.bfloat16
 
 
+def test_cuda_passes_run_without_tf32_and_restore_the_flags():
+    """Checked on a CPU machine through the flags only (the autocast of a CUDA Precision is not
+    entered here: it needs a GPU)."""
+    from core.precision import ieee_fp32
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True  # PyTorch's default for convolutions
+    try:
+        with ieee_fp32():
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
 def test_config_precision_and_the_legacy_amp_key(tmp_path):
     assert load_config()["train"]["precision"] == "auto"
     assert "amp" not in load_config()["train"]
