@@ -4,7 +4,6 @@ val images, seed 0)."""
 
 from __future__ import annotations
 
-import argparse
 import time
 
 from PIL import Image
@@ -12,7 +11,7 @@ from PIL import Image
 from core.data.scenes.compose import SceneOptions
 from core.data.scenes.sprites import CLASS_SETS
 from core.data.scenes.writer import DEFAULT_TRAIN, DEFAULT_VAL, contact_sheet, generate_dataset
-from core.errors import run_cli
+from core.errors import ArgumentParser, UserError, run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m core.data.scenes",
         description="Generate the scenes benchmark: Fashion-MNIST items on cluttered backgrounds.",
     )
@@ -58,6 +57,10 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="processes (same bytes for any number)")
     parser.add_argument("--preview", default=None, help="save a contact sheet PNG")
     args = parser.parse_args(argv)
+    if args.train < 0 or args.val < 0 or args.train + args.val < 1:
+        raise UserError(f"--train and --val must be >= 0 and not both 0, got {args.train} and {args.val}")
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
     opts = SceneOptions(
         size=args.size,
         min_objects=args.min_objects,

@@ -55,6 +55,8 @@ class SceneOptions:
             raise UserError("need 0 <= --min-objects <= --max-objects and --max-objects >= 1")
         if not 0 < self.scale_min <= self.scale_max:
             raise UserError("need 0 < --scale-min <= --scale-max")
+        if self.size < 32:
+            raise UserError(f"--size must be at least 32 px, got {self.size}")
         fits = self.size / (SPRITE_SIZE * FIT_MARGIN)
         if self.scale_max > fits:
             raise UserError(
@@ -67,6 +69,12 @@ class SceneOptions:
             raise UserError("--clutter must be >= 0")
         if not 0.0 <= self.camouflage <= 1.0:
             raise UserError("--camouflage must be in [0, 1]")
+        if not 0.0 <= self.texture <= 1.0:
+            raise UserError("--texture must be in [0, 1] (a probability)")
+        if self.max_rotation < 0:
+            raise UserError("--max-rotation must be >= 0 (degrees either way)")
+        if not 1 <= self.quality <= 100:
+            raise UserError("--quality must be in 1..100 (JPEG quality)")
 
 
 @dataclass
