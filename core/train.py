@@ -454,12 +454,12 @@ def _main(argv: list[str] | None) -> int:
     max_iters_hint = 0
     try:
         cfg, run_dir, resume = setup_run(args)
-        prepare_scenes_data(cfg, args.make_data)  # before any run folder is made
         if resume:
             status_dir = run_dir
         info, device = ddp.init_distributed(cfg["train"]["device"])
         if not resume:
-            run_dir = new_run_dir(cfg, args.config, run_dir)
+            run_dir = new_run_dir(cfg, args.config, run_dir)  # refuses a folder that holds a run
+        prepare_scenes_data(cfg, args.make_data)  # before the run folder is made
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             status_dir = run_dir
