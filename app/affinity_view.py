@@ -146,27 +146,13 @@ def on_goto(x, y, session, block, opacity, smooth) -> dict:
 
 
 def wire(C: dict) -> None:
-    pixel = ("session", "heads_block", "opacity", "smooth")
+    pixel = ("session", "heads_block", "opacity", "smooth")  # what drawing a clicked pixel needs
     names, outs = outputs(C, CLICK_VIEWS)
     for image in ("aff_click", "heads_click"):
         C[image].select(
             bind(on_select, names), [C[n] for n in pixel], outs, api_visibility="private", **QUICK
         )
-    connect(
-        C["goto_btn"].click,
-        on_goto,
-        C,
-        ("click_x", "click_y") + pixel,
-        CLICK_VIEWS,
-        api_name="click_pixel",
-        **QUICK,
-    )
-    connect(
-        C["smooth"].input,
-        on_smooth,
-        C,
-        ("smooth", "heads_block", "opacity", "session"),
-        ("status",) + VIEWS + heads_view.VIEWS,
-        api_visibility="private",
-        **QUICK,
-    )
+    goto, smooth = ("click_x", "click_y") + pixel, ("smooth", "heads_block", "opacity", "session")
+    connect(C["goto_btn"].click, on_goto, C, goto, CLICK_VIEWS, api_name="click_pixel", **QUICK)
+    redrawn = ("status",) + VIEWS + heads_view.VIEWS
+    connect(C["smooth"].input, on_smooth, C, smooth, redrawn, api_visibility="private", **QUICK)
