@@ -54,7 +54,7 @@ def pseudo_labels(model, batch: dict, cfg: dict, use_afa: bool) -> dict[str, Ten
     images, raw, cls_label, valid = batch["image"], batch["image_raw"], batch["cls_label"], batch["valid"]
     with torch.no_grad():
         ms = multiscale_cam(model, images, c_cam["scales"], with_affinity=use_afa, eps=c_cam["eps"],
-                            precision=step_precision(cfg, images.device))
+                            precision=step_precision(cfg, images.device), cls_label=cls_label)
         cam = gate_cam(ms.cam, cls_label)
         out = {
             "cam_label": cam_to_label(cam, cls_label, c_cam["bg_thresh"], valid=valid, ignore_index=ignore)

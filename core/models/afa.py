@@ -182,21 +182,23 @@ class AFANet(nn.Module):
         return self.attention_blocks() if with_affinity and self.has_attention else None
 
     # -- forwards ---------------------------------------------------------------------------
-    def forward_cam(self, x: Tensor, with_affinity: bool = False, all_attention: bool = False) -> AFAOutput:
+    def forward_cam(self, x: Tensor, with_affinity: bool = False, all_attention: bool = False,
+                    map_rows: int | None = None) -> AFAOutput:
         """Encoder + classifier (+ affinity head); never the decoder. ``all_attention``: every
-        block's attention maps in ``enc`` (the app's head viewer)."""
-        enc = self.encoder(x, maps=self.attention_maps(with_affinity, all_attention))
+        block's attention maps in ``enc`` (the app's head viewer). ``map_rows``: attention maps and
+        affinity of the first R images only (e.g. not the flipped copies; default all)."""
+        enc = self.encoder(x, maps=self.attention_maps(with_affinity, all_attention), map_rows=map_rows)
         logits, cam = self.classify(enc.features[-1])
         aff = self.affinity(enc) if with_affinity else None
         return AFAOutput(logits, cam, None, aff, enc)
 
     def forward(self, x: Tensor, with_decoder: bool = True, with_affinity: bool = True,
-                tiles: int = 1, all_attention: bool = False) -> AFAOutput:
+                tiles: int = 1, all_attention: bool = False, map_rows: int | None = None) -> AFAOutput:
         """``tiles`` k > 1: ``x`` is a batch of k x k mosaics (``tile_mosaic``) and ``logits`` has
         one row per tile, in the order of the images the mosaics were made from: each tile is pooled
         and classified on its own (tile-wise classification pretraining). Outputs are float32 under
-        any autocast."""
-        enc = self.encoder(x, maps=self.attention_maps(with_affinity, all_attention))
+        any autocast. ``map_rows`` as in ``forward_cam``."""
+        enc = self.encoder(x, maps=self.attention_maps(with_affinity, all_attention), map_rows=map_rows)
         logits, cam = self.classify(enc.features[-1], tiles)
         seg = self.decoder(enc.features).float() if with_decoder and self.decoder is not None else None
         aff = self.affinity(enc) if with_affinity else None

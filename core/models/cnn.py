@@ -54,7 +54,7 @@ class ResNetEncoder(nn.Module):
         self.has_attention = False
         self.block_stage: list[int] = []
 
-    def forward(self, x: Tensor, maps: object = None) -> EncoderOutput:
+    def forward(self, x: Tensor, maps: object = None, map_rows: object = None) -> EncoderOutput:
         """x: (B, 3, H, W) normalised image. Features (B, C_s, H_s, W_s) at strides 4, 8, 16, 16.
         ``maps`` (attention maps asked for) is accepted for a uniform API: a CNN has none."""
         return EncoderOutput(features=list(self.body(x)))

@@ -114,12 +114,13 @@ class EfficientSelfAttention(nn.Module):
             self.norm = nn.LayerNorm(dim)
 
     def forward(
-        self, x: Tensor, h: int, w: int, with_maps: bool = False
+        self, x: Tensor, h: int, w: int, with_maps: bool = False, map_rows: int | None = None
     ) -> tuple[Tensor, Tensor | None, Tensor | None, tuple[int, int]]:
         """x: (B, N, C) with N = h*w.
 
-        Returns out (B, N, C), scores (B, heads, N, N') and attn (B, heads, N, N') (None without
-        ``with_maps``), the key grid (h', w').
+        Returns out (B, N, C), scores (R, heads, N, N') and attn (R, heads, N, N') (None without
+        ``with_maps``), the key grid (h', w'). ``map_rows``: only the first R images need the maps
+        (e.g. not the flipped copies of a CAM pass); the others use SDPA. Default: all B.
         """
         b, n, c = x.shape
         q = self.q(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
@@ -136,15 +137,18 @@ class EfficientSelfAttention(nn.Module):
             kv_grid = (h, w)
             kv_in = x
         k, v = self.kv(kv_in).view(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if with_maps:
+        scores = attn = None
+        rows = 0 if not with_maps else b if map_rows is None else min(int(map_rows), b)
+        parts = []
+        if rows:
             # fp32 even under autocast: see core/precision.py (the affinity head's input)
             with full_precision(x.device.type):
-                scores = q.float() @ k.float().transpose(-2, -1)
+                scores = q[:rows].float() @ k[:rows].float().transpose(-2, -1)
                 attn = torch.softmax(scores * self.scale, dim=-1)
-                out = (attn @ v.float()).to(q.dtype)
-        else:
-            scores = attn = None
-            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+                parts.append((attn @ v[:rows].float()).to(q.dtype))
+        if rows < b:
+            parts.append(F.scaled_dot_product_attention(q[rows:], k[rows:], v[rows:], scale=self.scale))
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)
         out = out.transpose(1, 2).reshape(b, n, c)
         return self.proj(out), scores, attn, kv_grid
 
@@ -185,9 +189,9 @@ class MiTBlock(nn.Module):
         self.drop_path_p = drop_path_p
 
     def forward(
-        self, x: Tensor, h: int, w: int, with_maps: bool = False
+        self, x: Tensor, h: int, w: int, with_maps: bool = False, map_rows: int | None = None
     ) -> tuple[Tensor, Tensor | None, Tensor | None, tuple[int, int]]:
-        out, scores, attn, kv_grid = self.attn(self.norm1(x), h, w, with_maps)
+        out, scores, attn, kv_grid = self.attn(self.norm1(x), h, w, with_maps, map_rows)
         x = x + drop_path(out, self.drop_path_p, self.training)
         x = x + drop_path(self.mlp(self.norm2(x), h, w), self.drop_path_p, self.training)
         return x, scores, attn, kv_grid
@@ -258,18 +262,19 @@ class MixTransformer(nn.Module):
             first += self.depths[s]
         self.apply(_init_weights)
 
-    def forward(self, x: Tensor, maps: BlockSelection = None) -> EncoderOutput:
+    def forward(self, x: Tensor, maps: BlockSelection = None, map_rows: int | None = None) -> EncoderOutput:
         """x: (B, 3, H, W) normalised image. Features are (B, C_s, H_s, W_s) with H_s set by the convs.
 
         ``maps``: the blocks (indices over all stages, ``"all"``, or None) whose raw scores and
-        softmax attention are computed; the other blocks' entries are None.
+        softmax attention are computed; the other blocks' entries are None. ``map_rows``: the maps
+        of the first R images only (default: all).
         """
         out = EncoderOutput(features=[])
         index = 0
         for s in range(4):
             tokens, h, w = getattr(self, f"patch_embed{s + 1}")(x)
             for block in getattr(self, f"block{s + 1}"):
-                tokens, scores, attn, kv_grid = block(tokens, h, w, wants_maps(maps, index))
+                tokens, scores, attn, kv_grid = block(tokens, h, w, wants_maps(maps, index), map_rows)
                 index += 1
                 out.scores.append(scores)
                 out.attn.append(attn)

@@ -105,12 +105,13 @@ class ViTEncoder(nn.Module):
         # The last block of each group gives that stage's feature map.
         self.feature_blocks = [max(i for i in range(depth) if self.block_stage[i] == s) for s in range(4)]
 
-    def forward(self, x: Tensor, maps: BlockSelection = None) -> EncoderOutput:
+    def forward(self, x: Tensor, maps: BlockSelection = None, map_rows: int | None = None) -> EncoderOutput:
         """x: (B, 3, H, W) normalised image. Features (B, D, h, w), h = ceil(H / 16).
 
         ``maps``: the blocks (indices, ``"all"`` or None) whose scores and attention are computed
         explicitly (in fp32, see core/precision.py); the others run timm's own (fused) attention
-        and their entries are None.
+        and their entries are None. ``map_rows`` is accepted for a uniform API; ViT blocks compute
+        the maps of every image of the batch.
         """
         vit = self.vit
         tokens = vit.patch_embed(x)  # (B, h, w, D): timm defers flattening with dynamic_img_size

@@ -43,10 +43,10 @@ class FakeModel:
         return SimpleNamespace(cam=torch.cat(self.cams[width]), seg=seg, affinity=None,
                                logits=torch.zeros(2, 1), enc=None)
 
-    def forward_cam(self, x, with_affinity=False, all_attention=False):
+    def forward_cam(self, x, with_affinity=False, all_attention=False, map_rows=None):
         return self._out(x, False)
 
-    def __call__(self, x, with_decoder=True, with_affinity=True, all_attention=False):
+    def __call__(self, x, with_decoder=True, with_affinity=True, all_attention=False, map_rows=None):
         return self._out(x, with_decoder)
 
 
@@ -150,3 +150,23 @@ def test_multiscale_seg_flip_average_and_the_scale_one_reference():
     expected = torch.nn.functional.interpolate(torch.tensor([[[[3.0, 1.0], [1.0, 1.0]]]]), size=(64, 64),
                                                mode="bilinear", align_corners=False)
     assert torch.allclose(ms.seg, expected)
+
+
+def test_present_classes_only_equals_gating_the_full_merge():
+    """With cls_label only the classes present in the batch are merged; the result equals the
+    full merge gated by the labels (every step of the merge is per class)."""
+    from core.config import load_config
+    from core.method.cam import gate_cam
+    from core.models.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model(load_config(None, ["model.backbone=mit_b0", "model.num_classes=6"])).eval()
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    cls_label = torch.tensor([[1.0, 0, 0, 1, 0], [0, 0, 0, 1, 0]])
+    full = multiscale_cam(model, images, (1.0, 0.5), with_affinity=True)
+    part = multiscale_cam(model, images, (1.0, 0.5), with_affinity=True, cls_label=cls_label)
+    assert torch.allclose(gate_cam(part.cam, cls_label), gate_cam(full.cam, cls_label), atol=1e-6)
+    assert (part.cam[:, [1, 2, 4]] == 0).all()  # classes in no image of the batch
+    assert torch.allclose(part.affinity, full.affinity, atol=1e-6) and part.affinity.shape[0] == 2
+    none = multiscale_cam(model, images, (1.0,), cls_label=torch.zeros(2, 5))
+    assert none.cam.shape == (2, 5, 64, 64) and (none.cam == 0).all()

@@ -112,3 +112,18 @@ def test_unknown_names_are_clear():
         create_model({"model": {"name": "nope", "backbone": "mit_b0", "num_classes": 3}})
     with pytest.raises(ValueError, match="mit_b0"):
         create_model({"model": {"name": "afa", "backbone": "mit_b9", "num_classes": 3}})
+
+
+def test_maps_of_the_first_rows_only(model):
+    """map_rows=R: the maps and the affinity of the first R images (the CAM passes skip the flips'),
+    equal to the full pass's rows; every image's outputs are unchanged."""
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        full = model(x, all_attention=True)
+        part = model(x, all_attention=True, map_rows=2)
+    assert part.affinity.shape[0] == 2 and all(s.shape[0] == 2 for s in part.enc.scores)
+    assert torch.allclose(part.affinity, full.affinity[:2], atol=1e-6)
+    for i in (0, 7):
+        assert torch.allclose(part.enc.attn[i], full.enc.attn[i][:2], atol=1e-6)
+    for name in ("logits", "cam", "seg"):
+        assert (getattr(part, name) - getattr(full, name)).abs().max().item() < 1e-5, name
