@@ -43,8 +43,8 @@ def layout(C: dict) -> None:
         "or two training runs) and compare every stage, with its score when the image has ground truth."
     )
     with gr.Row():
-        C["cmp_a"] = gr.Dropdown(options, value=first, label="Checkpoint A", min_width=240)
-        C["cmp_b"] = gr.Dropdown(options, value=second, label="Checkpoint B", min_width=240)
+        C["cmp_a"] = gr.Dropdown(options, value=first, label="Checkpoint A", min_width=240, elem_id="cmp-a")
+        C["cmp_b"] = gr.Dropdown(options, value=second, label="Checkpoint B", min_width=240, elem_id="cmp-b")
         C["cmp_btn"] = gr.Button("Compare", variant="primary", scale=0, min_width=120, elem_id="compare-btn")
     C["cmp_note"] = gr.Markdown(HINT, elem_id="compare-note")
     with gr.Row():

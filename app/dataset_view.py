@@ -136,7 +136,7 @@ def layout(C: dict, public: bool) -> None:
         C["ds_csv_btn"] = gr.Button(
             "Export the table (CSV)", size="sm", scale=0, min_width=200, elem_id="ds-csv-btn"
         )
-        C["ds_csv"] = gr.File(label="CSV", interactive=False, height=80, elem_id="ds-csv")
+        C["ds_csv"] = gr.File(label="CSV", interactive=False, visible=False, elem_id="ds-csv")
     C["ds_state"] = gr.State(None)  # the key of the evaluation shown
 
 
@@ -308,7 +308,7 @@ def on_csv(key: str | None, sort_by, descending, class_filter, name_filter) -> d
     rows = table_rows(
         ev, sort_by, bool(descending), None if class_filter == ANY_CLASS else class_filter, name_filter or ""
     )
-    return {"ds_csv": str(write_csv(ev, rows))}
+    return {"ds_csv": gr.update(value=str(write_csv(ev, rows)), visible=True)}
 
 
 @guarded

@@ -147,7 +147,7 @@ def layout(C: dict, examples: list[str]) -> None:
             C["rescan_btn"] = gr.Button("Rescan checkpoints", size="sm")
             C["export_btn"] = gr.Button("Export analysis (zip)", size="sm", elem_id="export-btn")
             C["export_file"] = gr.File(
-                label="Export", interactive=False, visible=True, elem_id="export-file", height=80
+                label="Export", interactive=False, visible=False, elem_id="export-file"
             )
         with gr.Column(scale=3, min_width=320):
             C["status"] = gr.Markdown("Upload an image or pick an example.", elem_id="status")
@@ -295,12 +295,14 @@ def views(afa: Any, cnn: Any, settings: ViewSettings, session: Session) -> dict:
             "cam_class": gr.update(choices=[], value=None),
             "labels": gr.update(choices=[], value=[]),
             "true_btn": gr.update(interactive=False),
+            "export_file": gr.update(value=None, visible=False),
         }
     classes, opacity = list(afa.classes), settings.opacity
     present = [int(c) for c in afa.present]
     result = cam_views(afa, cnn, settings.class_id, opacity)
     result["labels"] = gr.update(choices=classes[1:], value=[classes[c] for c in present])
     result["true_btn"] = gr.update(interactive=session.truth is not None)
+    result["export_file"] = gr.update(value=None, visible=False)  # an export is of what was shown
     result["truth_map"], result["truth_note"] = maps.truth_panel(afa, session.truth, opacity)
     panels, shown_ids = maps.label_panels(afa, session.truth, opacity, session.show_errors, session.crf)
     for panel, (view, note) in PANEL_VIEWS.items():
@@ -460,7 +462,7 @@ def on_export(opacity: float, session: Session | None) -> dict:
     """A zip of the current analysis (maps, overlays, arrays, scores): ``app.export``."""
     if session is None or not session.ready:
         raise UserError("Analyse an image first, then export it.")
-    return {"export_file": str(export.write_zip(session, opacity))}
+    return {"export_file": gr.update(value=str(export.write_zip(session, opacity)), visible=True)}
 
 
 @guarded

@@ -35,15 +35,9 @@ learned affinity (AFA), and click any pixel to see its affinity and every attent
 CSS = """
 .afa-legend {font-size: 0.9em}
 .afa-note {font-size: 0.9em}
-/* maps fill their panel (they are drawn at >= 384 px), never wider than the screen */
-.afa-map img {width: 100%; height: auto; max-height: none; object-fit: contain}
-.afa-map .image-container, .afa-map .image-frame {height: auto !important}
-/* nothing may push the page sideways at 1280 px; narrow screens stack the panels */
-.gradio-container {max-width: 100vw; overflow-x: hidden}
-@media (max-width: 700px) {
-  .gradio-container .row, .gradio-container .form {flex-direction: column}
-  .gradio-container .column {min-width: 100% !important}
-}
+/* maps are drawn at >= 384 px; on a narrow screen they shrink to their panel, never wider.
+   Panels have a min_width: a row that cannot fit them side by side wraps (they stack). */
+.afa-map img {max-width: 100%; height: auto; object-fit: contain}
 """
 
 

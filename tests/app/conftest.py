@@ -62,9 +62,12 @@ def analysed(fake_backend, ids):
 
 
 @pytest.fixture(scope="session")
-def app_server(tmp_path_factory):
+def app_server(tmp_path_factory, tiny_dataset):
     """``python app.py`` on a free port, with the shipped checkpoints (or random ones if none are
-    shipped yet) and an empty runs folder. Yields ``(url, checkpoint_dir, runs_dir)``."""
+    shipped yet), an empty runs folder, and for the Dataset tab the tiny generated dataset with
+    tiny checkpoints of its classes (``AFA_TEST_DATASET=FOLDER@SPLIT`` offers another one first,
+    e.g. ``assets/datasets/scenes_val@val`` for the README's screenshots).
+    Yields ``(url, checkpoint_dir, runs_dir, server_log)``."""
     import signal
     import subprocess
     import time
@@ -78,6 +81,8 @@ def app_server(tmp_path_factory):
     if not shipped_checkpoints():
         ckpt_dir = base / "checkpoints"
         random_checkpoints(ckpt_dir)
+    tiny_ckpts = make_tiny_checkpoints(base / "tiny_checkpoints", tiny_dataset)
+    datasets = [os.environ["AFA_TEST_DATASET"]] if os.environ.get("AFA_TEST_DATASET") else []
     runs = base / "runs"
     # so that the Train tab screenshot shows real runs, if there are any
     copy_finished_runs(Path(os.environ.get("AFA_TEST_RUNS_SOURCE", ROOT / "runs")), runs)
@@ -85,7 +90,9 @@ def app_server(tmp_path_factory):
     env = dict(
         os.environ,
         GRADIO_ANALYTICS_ENABLED="False",
-        AFA_APP_CHECKPOINT_DIRS=str(ckpt_dir),
+        AFA_APP_CHECKPOINT_DIRS=os.pathsep.join([str(ckpt_dir), str(tiny_ckpts)]),
+        AFA_APP_DATASETS=os.pathsep.join([*datasets, f"{tiny_dataset}@val"]),
+        AFA_APP_EVAL_CACHE=str(base / "evaluations"),
         AFA_APP_RUNS_DIR=str(runs),
         AFA_TRAIN_DEVICE="cpu",
         GRADIO_TEMP_DIR=str(base / "gradio"),

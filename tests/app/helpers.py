@@ -227,7 +227,7 @@ def random_checkpoints(folder: Path) -> None:
 
 def make_tiny_checkpoints(folder: Path, dataset: Path, seeds=(0, 1)) -> Path:
     """Tiny random AFA checkpoints (core/configs/tiny.yaml) of ``dataset``'s classes, one per seed:
-    ``afa_tiny_s<seed>.safetensors``."""
+    ``tiny_afa_s<seed>.safetensors`` (a name the pickers list after ``afa_*``, the shipped ones)."""
     import torch
 
     from core.config import load_config
@@ -240,7 +240,7 @@ def make_tiny_checkpoints(folder: Path, dataset: Path, seeds=(0, 1)) -> Path:
     for seed in seeds:
         torch.manual_seed(seed)
         model = create_model(cfg, classes=class_names(cfg))
-        save_model_checkpoint(folder / f"afa_tiny_s{seed}.safetensors", model, cfg, step=seed)
+        save_model_checkpoint(folder / f"tiny_afa_s{seed}.safetensors", model, cfg, step=seed)
     return folder
 
 

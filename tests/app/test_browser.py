@@ -1,5 +1,8 @@
 """A real browser (Playwright + Debian's chromium) opens the app, loads an example, clicks a pixel
-and checks that the affinity view changed; it saves a screenshot of every tab for the README."""
+and checks that the affinity view changed; evaluates a small generated dataset in the Dataset tab,
+sorts it by a gain, opens a row in Inspect (ground truth, scores, errors), downloads an export and
+compares two checkpoints; checks the layout at 1280x800 and at phone width. It saves a screenshot
+of every tab for the README."""
 
 import os
 import time
@@ -136,3 +139,137 @@ def test_example_click_and_screenshots(page, app_server):
     page.screenshot(path=str(SHOTS / "train.png"), full_page=True)
     for name in ("inspect", "affinity", "heads", "par", "train"):
         assert (SHOTS / f"{name}.png").stat().st_size > 10_000, name
+
+
+def no_horizontal_scroll(page) -> bool:
+    return page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def shown_box(page, elem_id: str) -> dict:
+    """The on-screen box of an image (scrolled into view first: Gradio loads images lazily)."""
+    page.locator(f"#{elem_id}").scroll_into_view_if_needed()
+    wait_loaded(page, elem_id)
+    return page.locator(f"#{elem_id} img").bounding_box()
+
+
+def table_cell(page, row: int, col: int) -> str:
+    return page.inner_text(f"#ds-table [data-testid=cell-{row}-{col}]")
+
+
+def pick_option(page, elem_id: str, text: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option").filter(has_text=text).first.click()
+
+
+def test_dataset_view_ground_truth_export_compare_and_layout(page, app_server, tmp_path):
+    import json
+    import zipfile
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.goto(app_server[0])
+    page.wait_for_function(
+        "() => (document.querySelector('#status')?.innerText || '').includes('analysed in')"
+    )
+    # 1280x800: nothing scrolls sideways, and every map is at least ~320 px wide on screen
+    assert no_horizontal_scroll(page)
+    for elem_id in ("cam-afa", "truth-map", "label-afa", "seg"):
+        assert shown_box(page, elem_id)["width"] >= 320, elem_id
+
+    # the Dataset tab: evaluate the first dataset with the first checkpoint of its classes
+    open_tab(page, "Dataset")
+    start = time.perf_counter()
+    page.click("#ds-evaluate")
+    page.wait_for_function(
+        "() => (document.querySelector('#ds-status')?.innerText || '').includes('evaluated by')"
+    )
+    print(f"\ndataset evaluated and shown: {time.perf_counter() - start:.1f} s")
+    checkpoint = page.locator("#ds-ckpt input").input_value()
+    # sort by a gain, largest first: the table's gain column is non-increasing
+    pick_option(page, "ds-sort", "rw_afa - rw_mhsa")
+    headers = page.locator("#ds-table thead th").all_inner_texts()
+    column = [h.strip() for h in headers].index("rw_afa - rw_mhsa")
+    page.wait_for_function(  # the sorted table has arrived
+        "([col, n]) => { const cells = [...Array(n).keys()].map(r => document.querySelector("
+        "`#ds-table [data-testid=cell-${r}-${col}]`)?.innerText);"
+        " const v = cells.filter(c => c !== undefined && c !== '').map(Number);"
+        " return v.length > 1 && v.every((x, i) => i === 0 || v[i - 1] >= x); }",
+        arg=[column, 6],
+    )
+    rows = page.locator("#ds-table [data-col='0']").count()
+    gains = [table_cell(page, r, column) for r in range(rows)]
+    values = [float(g) for g in gains if g.strip()]
+    assert values == sorted(values, reverse=True)
+    time.sleep(0.5)
+    page.screenshot(path=str(SHOTS / "dataset.png"), full_page=True)
+
+    # a row opens its image in Inspect with its ground truth and its scores
+    name = table_cell(page, 0, 0).strip()
+    page.locator("#ds-table [data-testid=cell-0-0]").click()
+    page.wait_for_function(
+        "name => (document.querySelector('#truth-note')?.innerText || '').includes(name)", arg=name
+    )
+    page.wait_for_function(  # and the app switched to the Inspect tab
+        "() => document.querySelector('[role=tab][aria-selected=true]')?.innerText.trim() === 'Inspect'"
+    )
+    assert "true labels" in page.inner_text("#status")
+    for view in ("score-cam", "score-par", "score-mhsa", "score-afa", "seg-note"):
+        assert "mIoU" in page.inner_text(f"#{view}"), view
+    shown_box(page, "truth-map")
+    # the errors toggle paints the label maps' errors
+    before = image_src(page, "label-afa")
+    page.locator("#errors-toggle input").check()
+    page.wait_for_function("old => document.querySelector('#label-afa img')?.src !== old", arg=before)
+    assert "false positive" in page.inner_text("#legend")
+    shown_box(page, "label-afa")
+    page.locator("#status").scroll_into_view_if_needed()
+    time.sleep(0.5)
+    page.screenshot(path=str(SHOTS / "inspect_truth.png"), full_page=True)
+
+    # Export: one button, a zip with the documented files
+    page.click("#export-btn")
+    page.wait_for_selector("#export-file a")
+    with page.expect_download() as download:
+        page.locator("#export-file a").first.click()
+    path = tmp_path / "export.zip"
+    download.value.save_as(path)
+    with zipfile.ZipFile(path) as zf:
+        names = set(zf.namelist())
+        record = json.loads(zf.read("analysis.json"))
+    stages = ("cam_label", "par_label", "rw_mhsa_label", "rw_afa_label", "seg_label")
+    assert {"analysis.json", "arrays.npz", "image.png", "ground_truth.png"} <= names
+    assert {f"{d}/{s}.png" for d in ("labels", "overlays", "errors") for s in stages} <= names
+    assert record["image"]["name"] == name and record["labels"]["source"] == "true"
+    assert set(record["scores"]) == set(stages) and record["checkpoint"]["label"] == checkpoint
+
+    # Compare: the evaluated checkpoint and another one of the same classes, stage by stage
+    open_tab(page, "Compare")
+    pick_option(page, "cmp-a", checkpoint)
+    pick_option(page, "cmp-b", "tiny_afa_s1" if checkpoint.startswith("tiny_afa_s0") else "supervised_")
+    page.click("#compare-btn")
+    page.wait_for_function(
+        "() => (document.querySelector('#compare-note')?.innerText || '').includes('B − A')"
+    )
+    shown_box(page, "cmp-b-afa")
+    page.locator("#compare-note").scroll_into_view_if_needed()
+    time.sleep(0.5)
+    page.screenshot(path=str(SHOTS / "compare.png"), full_page=True)
+
+    # a phone-width screen: the panels stack and nothing scrolls sideways
+    page.set_viewport_size({"width": 390, "height": 844})
+    open_tab(page, "Inspect")
+    time.sleep(1.0)
+    for elem_id in ("cam-cnn", "cam-afa", "truth-map"):
+        assert 300 <= shown_box(page, elem_id)["width"] <= 390, elem_id
+    cnn, afa = (
+        page.evaluate(
+            f"() => {{ const r = document.querySelector('#{i} img').getBoundingClientRect();"
+            " return {top: r.top + window.scrollY, bottom: r.bottom + window.scrollY}; }"
+        )
+        for i in ("cam-cnn", "cam-afa")
+    )
+    assert afa["top"] >= cnn["bottom"] - 1  # one above the other, not side by side
+    assert no_horizontal_scroll(page)
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    for shot in ("dataset", "inspect_truth", "compare"):
+        assert (SHOTS / f"{shot}.png").stat().st_size > 10_000, shot

@@ -132,7 +132,7 @@ def test_table_sorts_filters_and_exports(real_env, tiny_dataset):
     assert all(a_class in labels.split(", ") for labels in only["labels"])
     named = on_table_options(ev.key, "image", False, ANY_CLASS, ev.names[2])["ds_table"]
     assert list(named["image"]) == [ev.names[2]]
-    path = on_csv(ev.key, GAIN, True, a_class, "")["ds_csv"]
+    path = on_csv(ev.key, GAIN, True, a_class, "")["ds_csv"]["value"]
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == list(table.columns) and [r[0] for r in rows[1:]] == list(only["image"])
@@ -188,10 +188,10 @@ def test_only_checkpoints_of_the_datasets_classes_are_offered(real_env, tiny_dat
     # a checkpoint whose class names differ (same count): rename them in its metadata
     from core.checkpoint import load_checkpoint, save_checkpoint
 
-    state, meta = load_checkpoint(folder / "afa_tiny_s5.safetensors")
+    state, meta = load_checkpoint(folder / "tiny_afa_s5.safetensors")
     meta["classes"] = ["background", "cat", "dog", "bird", "fish", "bag"]
     save_checkpoint(folder / "afa_pets.safetensors", state, meta)
-    (folder / "afa_tiny_s5.safetensors").unlink()
+    (folder / "tiny_afa_s5.safetensors").unlink()
     import os
 
     monkeypatch.setenv(

@@ -154,7 +154,9 @@ def test_compare_two_checkpoints_stage_by_stage(with_truth, ids):
 
 def test_export_zip_holds_the_documented_files(with_truth):
     session, _ = with_truth
-    path = on_export(0.5, session)["export_file"]
+    out = on_export(0.5, session)["export_file"]
+    assert out["visible"]
+    path = out["value"]
     with zipfile.ZipFile(path) as zf:
         names = set(zf.namelist())
         record = json.loads(zf.read("analysis.json"))
