@@ -1,7 +1,9 @@
-"""Analysis orchestration: the only place in the app that runs a model.
+"""Analysis orchestration: where the app runs a model on one image (``app.evaluations`` runs
+one over a dataset).
 
-An image is read once (``new_session``), analysed by the Transformer and the CNN checkpoints
-(``analyse_session``) and the results go into the shared cache; every view then reads them with
+An image is read once (``new_session``, with its ground truth when it has one), analysed by the
+Transformer and the CNN checkpoints (``analyse_session``) or by the Compare tab's two
+(``analyse_pair``), and the results go into the shared cache; every view then reads them with
 ``cached`` (a click or a slider never runs the model).
 """
 
