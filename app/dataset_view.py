@@ -373,9 +373,11 @@ def on_extreme(gain: int, which: str, key, session, opacity, smooth, progress=PR
 # wiring
 
 
-def wire(C: dict) -> None:
+def wire(C: dict, demo: gr.Blocks | None = None) -> None:
     pick = ("ds_dataset", "ds_ckpt", "ds_crf") + FILTERS
     shown = ("ds_ckpt",) + VIEWS
+    if demo is not None:  # a page opens on the cached evaluation of the default pair, if any
+        connect(demo.load, on_pick, C, pick, VIEWS, api_visibility="private", **QUICK)
     connect(
         C["ds_dataset"].input,
         on_dataset,

@@ -311,6 +311,7 @@ def views(afa: Any, cnn: Any, settings: ViewSettings, session: Session) -> dict:
     if cnn is not None and list(cnn.classes) == classes:
         series["CNN"] = cnn.scores
     result["scores"] = plots.scores_figure(classes, series, present)
+    shown_ids |= maps.truth_ids(afa, session.truth)
     result["legend"] = maps.legend(afa, shown_ids, session.show_errors, session.truth)
     return result
 

@@ -33,7 +33,8 @@ def seg_field(analysis: Any, show_crf: bool) -> tuple[str, str]:
 
 def truth_panel(analysis: Any, truth: gt.GroundTruth | None, opacity: float) -> tuple[np.ndarray | None, str]:
     """The ground truth over the image (in the model's class ids where it knows them all) and a
-    sentence: where it comes from and its labels, or why there are no scores."""
+    sentence: where it comes from and its labels, or why there are no scores. A mask in classes
+    the model does not know is drawn in its own ids, with a legend of its own."""
     if analysis is None:
         return None, ""
     shown = render.for_display(analysis.image)
@@ -45,11 +46,21 @@ def truth_panel(analysis: Any, truth: gt.GroundTruth | None, opacity: float) -> 
     mask, unknown = gt.for_model(truth, analysis.classes)
     labels = ", ".join(truth.label_names) or "background only"
     if mask is None:
+        ids = sorted({int(v) for v in np.unique(truth.mask)} - {gt.IGNORE})
         return render.overlay_labels(shown, truth.mask, opacity), (
             f"Ground truth ({truth.source}): {labels}. This checkpoint does not know "
-            f"{', '.join(unknown)}, so the maps are not scored."
+            f"{', '.join(unknown)}, so the maps are not scored. "
+            + render.legend_html(list(truth.classes), ids, "Its colours")
         )
     return render.overlay_labels(shown, mask, opacity), f"Ground truth ({truth.source}): {labels}."
+
+
+def truth_ids(analysis: Any, truth: gt.GroundTruth | None) -> set[int]:
+    """The class ids (the model's) of the ground truth, for the legend; none if it cannot be mapped."""
+    if analysis is None or truth is None:
+        return set()
+    mask, _ = gt.for_model(truth, analysis.classes)
+    return set() if mask is None else {int(v) for v in np.unique(mask)} - {gt.IGNORE}
 
 
 def label_panels(

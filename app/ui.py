@@ -79,7 +79,7 @@ def build_app(public: bool = False, warm: bool | None = None) -> gr.Blocks:
                 train_view.layout(C, public)
 
         inspect_view.wire(C)
-        dataset_view.wire(C)
+        dataset_view.wire(C, demo)
         compare_view.wire(C)
         affinity_view.wire(C)
         heads_view.wire(C)
