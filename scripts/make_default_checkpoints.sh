@@ -70,20 +70,26 @@ both run_afa run_supervised
 both run_cnn run_baseline
 both run_par run_afa_noreg
 
-# 4. Export (fp16) and evaluate on the whole val split (per-image results kept for intervals).
-evaluate() {  # evaluate CHECKPOINT OUT.json [extra args]
-  local ckpt=$1 out=$2; shift 2
-  [[ -f "$out" ]] || $PY -m core.evaluate --checkpoint "$ckpt" --data data/scenes --split val --out "$out" "$@"
+# 4. Export (fp16) and evaluate on the whole val split. The summary goes beside the checkpoint;
+#    the per-image results (for bootstrap intervals) to docs/results/NAME.per_image.json.gz.
+evaluate() {  # evaluate CHECKPOINT NAME SUMMARY.json [extra args]
+  local ckpt=$1 name=$2 summary=$3; shift 3
+  local full="docs/results/$name.per_image.json"
+  [[ -f "$full.gz" && -f "$summary" ]] && return
+  $PY -m core.evaluate --checkpoint "$ckpt" --data data/scenes --split val --per-image --out "$full" "$@"
+  $PY scripts/results_table.py --split "$full" "$summary"
 }
 for name in afa_mit_b0 cnn_cam_resnet10t supervised_mit_b0; do
-  $PY -m core.convert export "$RUNS/$name/checkpoint.safetensors" "checkpoints/${name}_scenes.safetensors" --fp16
-  evaluate "checkpoints/${name}_scenes.safetensors" "checkpoints/${name}_scenes.eval.json" --crf
+  [[ -f "checkpoints/${name}_scenes.safetensors" && "checkpoints/${name}_scenes.safetensors" -nt "$RUNS/$name/checkpoint.safetensors" ]] \
+    || $PY -m core.convert export "$RUNS/$name/checkpoint.safetensors" "checkpoints/${name}_scenes.safetensors" --fp16
+  evaluate "checkpoints/${name}_scenes.safetensors" "${name}_scenes" "checkpoints/${name}_scenes.eval.json" --crf
 done
 for name in baseline par afa; do
-  evaluate "$RUNS/abl_$name/checkpoint.safetensors" "docs/results/abl_$name.eval.json"
+  evaluate "$RUNS/abl_$name/checkpoint.safetensors" "abl_$name" "docs/results/abl_$name.eval.json"
 done
-$PY scripts/results_table.py AFA=checkpoints/afa_mit_b0_scenes.eval.json \
-    "CNN CAM=checkpoints/cnn_cam_resnet10t_scenes.eval.json" \
-    "fully supervised=checkpoints/supervised_mit_b0_scenes.eval.json"
-$PY scripts/results_table.py baseline=docs/results/abl_baseline.eval.json +PAR=docs/results/abl_par.eval.json \
-    +AFA=docs/results/abl_afa.eval.json +L_reg=checkpoints/afa_mit_b0_scenes.eval.json
+G=docs/results
+$PY scripts/results_table.py --bootstrap 1000 --gain rw_afa_label-par_label --gain par_label-cam_label \
+    --gain rw_afa_label-rw_mhsa_label "AFA=$G/afa_mit_b0_scenes.per_image.json.gz" \
+    "CNN CAM=$G/cnn_cam_resnet10t_scenes.per_image.json.gz" "fully supervised=$G/supervised_mit_b0_scenes.per_image.json.gz"
+$PY scripts/results_table.py --bootstrap 1000 --gain seg_label-par_label "baseline=$G/abl_baseline.per_image.json.gz" \
+    "+PAR=$G/abl_par.per_image.json.gz" "+AFA=$G/abl_afa.per_image.json.gz" "+L_reg=$G/afa_mit_b0_scenes.per_image.json.gz"

@@ -1,6 +1,7 @@
 """Markdown tables from evaluation JSON files (``python -m core.evaluate --per-image --out ...``).
 
-    python scripts/results_table.py NAME=FILE.json [NAME=FILE.json ...] [--bootstrap 1000]
+    python scripts/results_table.py NAME=FILE.json[.gz] [NAME=FILE.json ...] [--bootstrap 1000]
+    python scripts/results_table.py --split FULL.json SUMMARY.json   # per-image part -> FULL.json.gz
     python scripts/results_table.py --gain "rw_afa_label-par_label" NAME=FILE.json ...
 
 Each cell is the dataset mIoU (%). With per-image results in the files, ``--bootstrap N`` adds a
@@ -13,6 +14,7 @@ resampled images for both stages): a gain whose interval excludes 0 is not noise
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import sys
 from pathlib import Path
@@ -58,12 +60,29 @@ def main(argv: list[str] | None = None) -> int:
         help="stage difference, e.g. rw_afa_label-par_label",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--split",
+        action="store_true",
+        help="FILES are FULL.json SUMMARY.json: write the summary "
+        "(no per_image) to SUMMARY.json and gzip FULL.json in place",
+    )
     args = p.parse_args(argv)
+    if args.split:
+        full, summary = args.files
+        with open(full) as fh:
+            data = json.load(fh)
+        with open(summary, "w") as fh:
+            json.dump({k: v for k, v in data.items() if k != "per_image"}, fh, indent=2)
+        with gzip.open(full + ".gz", "wt") as fh:
+            json.dump(data, fh, separators=(",", ":"))
+        Path(full).unlink()
+        return 0
     rng = np.random.default_rng(args.seed)
     loaded = []
     for item in args.files:
         name, _, path = item.partition("=")
-        with open(path or name) as fh:
+        path = path or name
+        with gzip.open(path, "rt") if path.endswith(".gz") else open(path) as fh:
             loaded.append((name, json.load(fh)))
     draws_cache: dict[int, np.ndarray] = {}
 
