@@ -68,14 +68,16 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--public", action="store_true", help="Spaces-safe mode (also when SPACE_ID is set)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME"),
+        help="interface to listen on (default 127.0.0.1; 0.0.0.0 with SPACE_ID set: Spaces route to it)",
+    )
     parser.add_argument("--no-warm", action="store_true", help="skip analysing the first example at start")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     public = is_public(args.public)
-    host = args.host
-    if os.environ.get("SPACE_ID") and host == "127.0.0.1":
-        host = "0.0.0.0"  # Spaces routes traffic to the container
+    host = args.host or ("0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1")
     app = queue(build_app(public=public, warm=not args.no_warm), public)
     app.launch(server_name=host, server_port=args.port, share=False, **launch_kwargs(public))
 

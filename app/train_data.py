@@ -26,6 +26,7 @@ from core.data.scenes import DEFAULT_TRAIN, DEFAULT_VAL, ScenesReady, ensure_sce
 from core.errors import UserError
 
 DEMO_SUFFIX = "-demo"
+PROGRESS_EVERY = 0.25  # seconds between two progress updates
 
 
 def public_scenes_size() -> tuple[int, int]:
@@ -76,13 +77,18 @@ def prepare_scenes(
         return [], []
     target, n_train, n_val = scenes_plan(str(cfg["data"]["root"]), public, root)
 
+    shown = [0.0]
+
     def report(done: int, total: int) -> None:
-        if progress is not None:
-            progress(
-                (done, total),
-                desc=f"Generating the scenes data ({done} of {total} images; once per server)",
-                unit="images",
-            )
+        # a few updates a second: each one is a message to the browser
+        if progress is None or (done < total and done > 1 and time.monotonic() - shown[0] < PROGRESS_EVERY):
+            return
+        shown[0] = time.monotonic()
+        progress(
+            (done, total),
+            desc=f"Generating the scenes data ({done} of {total} images; once per server)",
+            unit="images",
+        )
 
     start = time.perf_counter()
     ready = ensure_scenes(target, n_train, n_val, progress=report)

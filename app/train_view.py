@@ -152,7 +152,7 @@ def _pick_run(selected: str | None) -> str | None:
     if selected in names:
         return selected
     active = MANAGER.active()
-    if active is not None:
+    if active is not None and active.name in names:  # not yet while a Start prepares its data
         return active.name
     return names[0] if names else None
 
@@ -356,12 +356,14 @@ def layout(C: dict, public: bool) -> None:
     if public:
         gr.Markdown(
             f"Public demo: a small run on the offline **scenes** benchmark (at most {limits['iters']} "
-            f"iterations, batch {limits['batch']}, crop {limits['crop']}). One run at a time."
+            f"iterations, batch {limits['batch']}, crop {limits['crop']}). One run at a time. "
+            "The first Start on this server also generates the small data set (under a minute)."
         )
     else:
         gr.Markdown(
             "Start `python -m core.train` as a separate process; one run per device at a time. "
-            "Stop saves a checkpoint; Resume continues a stopped run."
+            "Stop saves a checkpoint; Resume continues a stopped run. A scenes run whose data is "
+            "missing generates it first (the canonical benchmark, a few minutes)."
         )
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
@@ -415,13 +417,13 @@ def layout(C: dict, public: bool) -> None:
                 C["start_btn"] = gr.Button("Start", variant="primary")
                 C["stop_btn"] = gr.Button("Stop", variant="stop")
                 C["resume_btn"] = gr.Button("Resume")
-            C["train_status"] = gr.Markdown()
+            C["train_status"] = gr.Markdown(elem_id="train-status")
         with gr.Column(scale=2):
             with gr.Row():
                 C["run_pick"] = gr.Dropdown([], label="Run", scale=3)
                 C["open_btn"] = gr.Button("Open in Inspect", scale=1)
             C["progress"] = gr.HTML(elem_id="train-progress")
-            C["curves"] = gr.Plot(label="Loss and mIoU")
+            C["curves"] = gr.Plot(label="Loss and mIoU", elem_id="train-curves")
             C["samples"] = gr.Image(
                 label="Latest pseudo labels",
                 show_label=False,
@@ -451,7 +453,7 @@ def wire(C: dict, public: bool, train_tab, other_tabs) -> None:
         api_name="train_start",
         concurrency_id="train_start",
         concurrency_limit=4,
-        show_progress_on=[C["progress"]],
+        show_progress_on=[C["curves"]],  # the largest view, empty before a run: room for the bar
     )
     connect(C["stop_btn"].click, on_stop, C, ("run_pick",), TRAIN_VIEWS, api_name="train_stop", **quick)
     connect(C["resume_btn"].click, on_resume, C, ("run_pick",), TRAIN_VIEWS, api_name="train_resume", **quick)
