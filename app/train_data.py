@@ -86,7 +86,7 @@ def prepare_scenes(
         shown[0] = time.monotonic()
         progress(
             (done, total),
-            desc=f"Generating the scenes data ({done} of {total} images; once per server)",
+            desc=f"Generating the scenes data ({total} images, once per server)",
             unit="images",
         )
 
