@@ -202,7 +202,7 @@ TRAIN_CASES = [
     ("unknown_backbone", [*CFG, "model.backbone=mit_b9"], None, "{tmp}/run", "mit_b9"),
     ("batch_over_dataset", [*CFG, "train.batch_size=64"], None, "{tmp}/run", "train.batch_size"),
     ("pretrained_missing", [*CFG, "model.pretrained={ws}/missing.safetensors"], None, "{tmp}/run",
-     "not found"),
+     "does not exist"),
     ("pretrained_random_bytes", [*CFG, "model.pretrained={ws}/random.pth"], None, "{tmp}/run",
      "not a readable PyTorch"),
     ("pretrained_pickle", [*CFG, "model.pretrained={ws}/evil.pth"], None, "{tmp}/run", "never loaded"),
@@ -241,7 +241,7 @@ def test_train_bad_input(argv, prepare, run_dir, words, ws, tmp_path, capsys, mo
 # ---------------------------------------------------------------- python -m core.evaluate
 EV = ["--data", "{ws}/data/scenes"]
 EVALUATE_CASES = [
-    ("checkpoint_missing", ["--checkpoint", "{ws}/none.safetensors", *EV], "not found"),
+    ("checkpoint_missing", ["--checkpoint", "{ws}/none.safetensors", *EV], "does not exist"),
     ("checkpoint_empty", ["--checkpoint", "{ws}/empty.safetensors", *EV], "empty"),
     ("checkpoint_random_bytes", ["--checkpoint", "{ws}/random.safetensors", *EV], "not a safetensors"),
     ("checkpoint_pth", ["--checkpoint", "{ws}/evil.pth", *EV], "pickle"),
@@ -280,7 +280,7 @@ def test_evaluate_bad_input(argv, words, ws, tmp_path, capsys, monkeypatch):
 # ---------------------------------------------------------------- python -m core.convert
 OUT = "{tmp}/out.safetensors"
 CONVERT_CASES = [
-    ("src_missing", ["official-afa", "{ws}/none.pth", OUT, "--backbone", "mit_b0"], "not found"),
+    ("src_missing", ["official-afa", "{ws}/none.pth", OUT, "--backbone", "mit_b0"], "does not exist"),
     ("src_empty", ["official-afa", "{ws}/empty.pth", OUT, "--backbone", "mit_b0"], "empty"),
     ("src_random_bytes", ["official-afa", "{ws}/random.pth", OUT, "--backbone", "mit_b0"],
      "not a readable PyTorch"),
@@ -304,7 +304,7 @@ CONVERT_CASES = [
      "is a folder"),
     ("no_backbone", ["official-afa", "{ws}/authors.pth", OUT], "--backbone"),
     ("unknown_kind", ["other-format", "{ws}/authors.pth", OUT], "invalid choice"),
-    ("export_missing", ["export", "{ws}/none.safetensors", OUT], "not found"),
+    ("export_missing", ["export", "{ws}/none.safetensors", OUT], "does not exist"),
     ("export_random_bytes", ["export", "{ws}/random.safetensors", OUT], "not a safetensors"),
     ("export_no_encoder", ["export", "{ws}/no_encoder.safetensors", OUT, "--encoder-only"], "no encoder"),
 ]
