@@ -168,7 +168,8 @@ def test_crf_changes_the_segmentation_of_a_shipped_example():
 
     repo = Path(__file__).resolve().parents[1]
     model = core.load_model(repo / "checkpoints" / "afa_mit_b0_scenes.safetensors", device="cpu")
-    rgb, _ = read_image(repo / "assets" / "examples" / "scene_tshirt_dress.jpg", 512)
+    example = sorted((repo / "assets" / "examples").glob("*.jpg"))[0]  # the app's first example
+    rgb, _ = read_image(example, 512)
     assert not rgb.flags.writeable  # what the app passes: the case that used to fail
     plain = core.analyze(model, rgb, attention=False)
     refined = core.analyze(model, rgb, attention=False, crf=True)

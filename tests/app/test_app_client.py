@@ -1,5 +1,6 @@
 """The real app in a subprocess, driven through gradio_client (real core, real checkpoints)."""
 
+import json
 import time
 import urllib.error
 import urllib.request
@@ -54,7 +55,8 @@ def test_analyse_example_then_click(client):
     views = outputs(c, "/analyse", out)
     status = next(v for v in out if isinstance(v, str) and " px " in v)
     assert "⚠️" not in status
-    for label in ("Transformer CAM", "PAR label", "AFA-propagated", "MHSA-propagated", "Segmentation"):
+    labels = ("Transformer CAM", "PAR label", "AFA-propagated label", "MHSA-propagated label", "Segmentation")
+    for label in labels:
         assert Path(views[label]).is_file(), label
 
     from PIL import Image
@@ -78,9 +80,11 @@ def test_labels_override_par_and_crf(client):
 
     c, (afa, cnn) = client
     c.predict(handle_file(str(EXAMPLE)), afa, cnn or "", False, 0.5, False, api_name="/analyse")
-    out = c.predict(["tshirt", "boot"], None, 0.5, False, api_name="/set_labels")
-    assert any(isinstance(v, str) and "your labels: tshirt, boot" in v for v in out)
-    par = outputs(c, "/par_step", c.predict(10, 5, api_name="/par_step"))
+    # two of the shipped checkpoint's classes (its class list travels with the example)
+    first, second = json.loads(EXAMPLE.with_suffix(".json").read_text())["classes"][1:3]
+    out = c.predict([first, second], None, 0.5, False, api_name="/set_labels")
+    assert any(isinstance(v, str) and f"your labels: {first}, {second}" in v for v in out)
+    par = outputs(c, "/par_step", c.predict(1, 5, api_name="/par_step"))
     assert any(isinstance(v, str) and "after 5 of" in v for v in par.values())
     crf = c.predict(True, None, 0.5, False, api_name="/set_crf")
     assert not any(isinstance(v, str) and "Something went wrong" in v for v in crf)
