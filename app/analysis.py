@@ -104,6 +104,8 @@ def analyse(session: Session, which: str, labels: tuple[str, ...] | None) -> tup
         if plain is not None:  # the CRF works from the cached probabilities: no model call
             return BACKEND.add_crf(plain)
         model = BACKEND.load_model(info.path)
+        # one line per model run (the browser test counts them: one upload, one run per checkpoint)
+        log.info("model run: %s on image %s", Path(info.path).name, session.image_hash[:12])
         return BACKEND.analyze(
             model, session.image, list(labels) if labels is not None else None, crf, session.dense
         )

@@ -400,18 +400,19 @@ def on_labels_override(labels, class_id, opacity, smooth, session: Session | Non
     if session is None or not session.ready:
         raise UserError("Analyse an image first.")
     if labels is not None:
+        if not labels:  # core would fall back to the predicted classes: say so instead of guessing
+            raise UserError("No label is ticked: tick the classes in the image and Apply, or use the "
+                            "predicted labels.")
         classes = cached(session, "afa").classes[1:]
         unknown = [n for n in labels if n not in classes]
         if unknown:
             raise UserError(f"Unknown class name(s): {', '.join(unknown)}.")
         labels = tuple(n for n in classes if n in labels)  # keep the model's order
-    extra = "no labels ticked: every CAM is zero" if labels == () else ""
     mode = "predicted" if labels is None else "custom"
     return analyse_and_draw(
         session.evolve(labels=labels, label_mode=mode),
         ViewSettings(class_id, opacity, smooth=smooth),
         progress,
-        extra,
     )
 
 

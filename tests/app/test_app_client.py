@@ -75,7 +75,7 @@ def test_analyse_example_then_click(client):
     assert any(isinstance(v, str) and f"Pixel ({far[0]}, {far[1]})" in v for v in b.values())
 
 
-def test_labels_override_par_and_crf(client):
+def test_labels_override_and_par(client):
     from gradio_client import handle_file
 
     c, (afa, cnn) = client
@@ -86,8 +86,27 @@ def test_labels_override_par_and_crf(client):
     assert any(isinstance(v, str) and f"your labels: {first}, {second}" in v for v in out)
     par = outputs(c, "/par_step", c.predict(1, 5, api_name="/par_step"))
     assert any(isinstance(v, str) and "after 5 of" in v for v in par.values())
-    crf = c.predict(True, None, 0.5, False, api_name="/set_crf")
-    assert not any(isinstance(v, str) and "Something went wrong" in v for v in crf)
+
+
+def test_crf_changes_the_segmentation_in_the_app(client, app_server):
+    """The dense-CRF option on a shipped example: the segmentation shown changes (it used to fail
+    with "buffer source array is read-only" and silently keep the plain one)."""
+    import numpy as np
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    _, (afa, cnn) = client
+    c = Client(app_server[0], verbose=False)  # a session of its own: the example is new to it
+    plain = outputs(c, "/analyse", c.predict(handle_file(str(EXAMPLE)), afa, cnn or "", False, 0.5, False,
+                                              api_name="/analyse"))
+    refined = outputs(c, "/set_crf", c.predict(True, None, 0.5, False, api_name="/set_crf"))
+    texts = [v for v in refined.values() if isinstance(v, str)]
+    assert not any("⚠️" in v or "went wrong" in v for v in texts), texts
+    before = np.asarray(Image.open(plain["Segmentation"]).convert("RGB"))
+    after = np.asarray(Image.open(refined["Segmentation"]).convert("RGB"))
+    assert before.shape == after.shape and not np.array_equal(before, after)
+    back = outputs(c, "/set_crf", c.predict(False, None, 0.5, False, api_name="/set_crf"))
+    assert np.array_equal(np.asarray(Image.open(back["Segmentation"]).convert("RGB")), before)
 
 
 def test_bad_upload_is_a_message_and_the_server_keeps_serving(client, tmp_path):

@@ -273,3 +273,48 @@ def test_dataset_view_ground_truth_export_compare_and_layout(page, app_server, t
     page.set_viewport_size({"width": 1400, "height": 1000})
     for shot in ("dataset", "inspect_truth", "compare"):
         assert (SHOTS / f"{shot}.png").stat().st_size > 10_000, shot
+
+
+def test_one_upload_is_one_analysis(page, app_server, tmp_path):
+    """Removing the image and uploading another: one queue join and one model run per checkpoint
+    for the upload (the reliability issue saw every upload analysed twice)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    log_file = app_server[3]
+    rng = np.random.default_rng(7)
+    upload = tmp_path / "upload.jpg"
+    Image.fromarray(rng.integers(0, 256, (150, 230, 3), dtype=np.uint8)).save(upload, quality=90)
+    page.goto(app_server[0])
+    page.wait_for_function(
+        "() => (document.querySelector('#status')?.innerText || '').includes('analysed in')"
+    )
+    page.locator("#input-image button[aria-label='Remove Image']").first.click()
+    page.wait_for_selector("#input-image button[aria-label='Drop an image file here to upload']")
+    time.sleep(2)  # the removal's own (empty) event is done
+
+    joins: list[dict] = []
+
+    def record(request):
+        if "queue/join" in request.url:
+            joins.append(json.loads(request.post_data or "{}"))
+
+    page.on("request", record)
+    seen = len(log_file.read_text())
+    with page.expect_file_chooser() as chooser:
+        page.locator("#input-image button[aria-label='Drop an image file here to upload']").first.click()
+    chooser.value.set_files(str(upload))
+    page.wait_for_function(
+        "() => { const s = document.querySelector('#status')?.innerText || '';"
+        " return s.includes('230×150') && s.includes('analysed in'); }"
+    )
+    time.sleep(3)  # room for a second, late event
+    page.remove_listener("request", record)
+    runs = [line for line in log_file.read_text()[seen:].splitlines() if "model run:" in line]
+    checkpoints = [line.split("model run: ")[1].split(" on image ")[0] for line in runs]
+    assert len(joins) == 1, joins
+    assert checkpoints and len(checkpoints) == len(set(checkpoints)), runs
+    assert len({line.split(" on image ")[1] for line in runs}) == 1
+    assert "⚠️" not in page.inner_text("#status")

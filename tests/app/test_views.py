@@ -133,6 +133,16 @@ def test_labels_override_reanalyses_with_given_labels(analysed, fake_backend):
     assert back["session"].labels is None and back["labels"]["value"] == ["cat", "car"]
 
 
+def test_apply_with_nothing_ticked_says_one_thing_and_keeps_the_analysis(analysed, fake_backend):
+    session, _ = analysed
+    calls = len(fake_backend.analyze_calls)
+    views = on_labels_override([], None, 0.5, False, session)
+    assert set(views) == {"status"} and len(fake_backend.analyze_calls) == calls  # nothing re-analysed
+    status = views["status"]
+    assert status.startswith("⚠️ No label is ticked") and "\n" not in status
+    assert "predicted labels:" not in status and "every CAM is zero" not in status
+
+
 def test_labels_override_rejects_unknown_names(analysed):
     session, _ = analysed
     views = on_labels_override(["unicorn"], None, 0.5, False, session)
