@@ -41,20 +41,14 @@ from app import backend
 from app.backend import BACKEND, ROOT, CheckpointInfo
 from app.cache import checkpoint_fingerprint
 from core.errors import UserError
+from core.evaluate import STAGES
 
 log = logging.getLogger("afa_app")
 
 BUNDLED_DIR = ROOT / "assets" / "datasets"
 FORMAT = 1  # of the cache files; a change makes old ones stale
 SAVE_EVERY_S = 15.0  # a partial evaluation is saved this often, so an interrupted one resumes
-STAGE_COLUMNS = {  # core.evaluate.STAGES -> table column
-    "cam_label": "cam",
-    "par_label": "par",
-    "rw_mhsa_label": "rw_mhsa",
-    "rw_afa_label": "rw_afa",
-    "seg_label": "seg",
-    "seg_crf_label": "seg_crf",
-}
+STAGE_COLUMNS = {stage: stage.removesuffix("_label") for stage in STAGES}  # core's stage -> column
 GAINS = (  # (column, minuend stage, subtrahend stage): where AFA helps or hurts
     ("rw_afa - rw_mhsa", "rw_afa_label", "rw_mhsa_label"),
     ("rw_afa - par", "rw_afa_label", "par_label"),

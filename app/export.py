@@ -38,10 +38,10 @@ from app import truth as gt
 from app.analysis import cached
 from app.checkpoints import CHECKPOINTS, describe_domain
 from app.state import Session
+from core.evaluate import STAGES
 
 EXPORT_DIR = Path(tempfile.gettempdir()) / "afa_exports"
 KEEP_SECONDS = 3600  # older exports are deleted when a new one is written
-STAGES = ("cam_label", "par_label", "rw_mhsa_label", "rw_afa_label", "seg_label", "seg_crf_label")
 ARRAYS = ("image", "cam", "par_steps", "par_channels", "affinity", "mhsa", "seg_probs", "scores", "present")
 
 

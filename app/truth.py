@@ -25,7 +25,7 @@ from core.config import DEFAULTS
 from core.errors import UserError
 
 IGNORE = int(DEFAULTS["data"]["ignore_index"])
-STAGE_TITLES = {  # core.evaluate.STAGES -> what the app calls them
+STAGE_TITLES = {  # each of core.evaluate.STAGES -> what the app calls it
     "cam_label": "CAM",
     "par_label": "PAR",
     "rw_mhsa_label": "MHSA-propagated",
