@@ -101,6 +101,7 @@ def layout(C: dict, public: bool) -> None:
                 False, label="With dense CRF", interactive=BACKEND.crf_available(), min_width=140
             )
             C["ds_eval_btn"] = gr.Button("Evaluate", variant="primary", elem_id="ds-evaluate")
+            C["ds_rescan_btn"] = gr.Button("Rescan checkpoints", size="sm")
     C["ds_status"] = gr.Markdown(
         why or "Pick a dataset and a checkpoint, then press **Evaluate**.", elem_id="ds-status"
     )
@@ -265,6 +266,16 @@ def on_dataset(dataset_id: str | None, crf: bool, sort_by, descending, class_fil
 
 
 @guarded(status="ds_status")
+def on_rescan(dataset_id: str | None, checkpoint_id: str | None) -> dict:
+    """Find new checkpoints (e.g. a run that just saved one); keep the one picked if it is still there."""
+    CHECKPOINTS.refresh()
+    choices, why = _checkpoint_choices(dataset_id)
+    ids = [value for _, value in choices]
+    value = checkpoint_id if checkpoint_id in ids else (ids[0] if ids else None)
+    return {"ds_ckpt": gr.update(choices=choices, value=value), **({"ds_status": why} if why else {})}
+
+
+@guarded(status="ds_status")
 def on_pick(dataset_id, checkpoint_id, crf: bool, sort_by, descending, class_filter, name_filter) -> dict:
     """A dataset / checkpoint / CRF choice: show its cached evaluation, or say how to make one."""
     if not dataset_id or not checkpoint_id:
@@ -390,6 +401,15 @@ def wire(C: dict, demo: gr.Blocks | None = None) -> None:
     for trigger in ("ds_ckpt", "ds_crf"):
         connect(C[trigger].input, on_pick, C, pick, VIEWS, api_visibility="private", **QUICK)
     connect(C["ds_eval_btn"].click, on_evaluate, C, pick, VIEWS, api_name="evaluate_dataset", **EVALUATION)
+    connect(
+        C["ds_rescan_btn"].click,
+        on_rescan,
+        C,
+        ("ds_dataset", "ds_ckpt"),
+        ("ds_ckpt", "ds_status"),
+        api_visibility="private",
+        **QUICK,
+    )
     for trigger in ("ds_sort", "ds_desc", "ds_class"):
         connect(
             C[trigger].input,

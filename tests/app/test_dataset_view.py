@@ -203,6 +203,13 @@ def test_only_checkpoints_of_the_datasets_classes_are_offered(real_env, tiny_dat
     offered = [value for _, value in views["ds_ckpt"]["choices"]]
     assert offered and not any("afa_pets" in c for c in offered)
     pets = next(c.id for c in CHECKPOINTS.all() if "afa_pets" in c.id)
+    # a checkpoint that appears later is offered after a rescan, the one picked stays picked
+    new = make_tiny_checkpoints(tmp_path / "later", tiny_dataset, seeds=(7,))
+    monkeypatch.setenv(
+        "AFA_APP_CHECKPOINT_DIRS", os.pathsep.join([os.environ["AFA_APP_CHECKPOINT_DIRS"], str(new)])
+    )
+    rescanned = dataset_view.on_rescan(dataset, offered[-1])["ds_ckpt"]
+    assert len(rescanned["choices"]) == len(offered) + 1 and rescanned["value"] == offered[-1]
     refused = on_evaluate(dataset, pets, False, GAIN, True, ANY_CLASS, "")
     assert refused["ds_status"].startswith("⚠️") and "cat" in refused["ds_status"]
 
