@@ -356,8 +356,8 @@ def on_image(
     progress=PROGRESS,
 ) -> dict:
     """A new image (upload, example, paste): read it with core.io, analyse, draw every view.
-    The image the session already shows (e.g. one just opened from the Dataset tab, with its
-    ground truth) is not analysed again."""
+    The image the Dataset tab has just opened here (with its ground truth) comes back through
+    this event, and is left as it is."""
     settings = ViewSettings(opacity=opacity, smooth=smooth)
     old = session or Session()
     keep = dict(dense=old.dense, show_errors=old.show_errors)
@@ -372,9 +372,11 @@ def on_image(
     if (
         old.ready
         and old.image_hash == fresh.image_hash
+        and old.truth is not None
+        and fresh.truth is None
         and (old.afa_id, old.cnn_id) == (afa_id, cnn_id or None)
     ):
-        return {}  # already shown
+        return {}  # shown with a ground truth it does not carry itself (opened from the Dataset tab)
     return analyse_and_draw(fresh, settings, progress)
 
 

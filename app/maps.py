@@ -92,6 +92,8 @@ def label_panels(
             picture = render.overlay_labels(shown, label, opacity)
             ids.update(int(v) for v in np.unique(label))
         score = gt.score_line(scores.get(field), analysis.classes)
+        if field == "seg_crf_label" and "seg_label" in scores:  # what the CRF changed
+            score += f" (without the CRF: mIoU {100 * scores['seg_label'].miou():.1f})"
         out[panel] = (picture, " ".join(x for x in (score, note) if x))
     return out, ids
 

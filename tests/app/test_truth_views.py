@@ -84,6 +84,18 @@ def test_scores_under_each_map_are_the_confusion_matrix_of_core(with_truth):
     assert views["truth_map"].shape == views["label_afa"].shape == (288, 384, 3)
 
 
+def test_crf_scores_beside_the_plain_segmentation(with_truth):
+    from app.inspect_view import on_crf_toggle
+
+    session, views = with_truth
+    on = on_crf_toggle(True, None, 0.5, False, session)
+    crf = cached(on["session"], "afa")
+    scores = stage_scores(crf, session.truth)
+    assert "seg_crf_label" in scores
+    assert on["seg_note"].startswith(score_line(scores["seg_crf_label"], CLASSES))
+    assert f"(without the CRF: mIoU {100 * scores['seg_label'].miou():.1f})" in on["seg_note"]
+
+
 def test_labels_default_to_the_true_ones_with_a_switch_to_predicted(with_truth, fake_backend):
     session, views = with_truth
     assert session.label_mode == "true"
