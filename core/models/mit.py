@@ -282,8 +282,9 @@ class MixTransformer(nn.Module):
                 out.grids.append((h, w))
                 out.kv_grids.append(kv_grid)
             x = tokens_to_grid(getattr(self, f"norm{s + 1}")(tokens), h, w)
-            # Consumers get plain contiguous NCHW maps; the next stage keeps the channels-last view.
-            out.features.append(x.contiguous())
+            # The channels-last view itself (no copy): convolutions, pooling and upsampling take it,
+            # and are faster on it on a CPU (the decoder's upsampling several times).
+            out.features.append(x)
         return out
 
 

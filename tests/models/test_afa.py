@@ -127,3 +127,40 @@ def test_maps_of_the_first_rows_only(model):
         assert torch.allclose(part.enc.attn[i], full.enc.attn[i][:2], atol=1e-6)
     for name in ("logits", "cam", "seg"):
         assert (getattr(part, name) - getattr(full, name)).abs().max().item() < 1e-5, name
+
+
+def _decoder_by_the_book(head, features):
+    """The SegFormer head as written: project, upsample, concatenate, fuse, predict."""
+    c1, c2, c3, c4 = features
+    size = c1.shape[-2:]
+
+    def up(x):
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+    ups = [up(head.linear_c4(c4)), up(head.linear_c3(c3)), up(head.linear_c2(c2))]
+    cat = torch.cat([*ups, head.linear_c1(c1)], 1)
+    return head.linear_pred(head.dropout(head.linear_fuse(cat)))
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_decoder_composed_projections_equal_the_concatenation(model, training):
+    """W_i up(P_i c_i) = up((W_i P_i) c_i): the head maps each stage with the composed matrix and
+    upsamples only the fused channels; outputs and gradients equal the head as written."""
+    torch.manual_seed(0)
+    feats = [torch.randn(2, d, s, s, requires_grad=True) for d, s in zip((32, 64, 160, 256), (16, 8, 4, 4))]
+    import copy
+
+    head = copy.deepcopy(model.decoder).train(training)  # batch norm statistics stay the fixture's
+    results = []
+    for fn in (head, lambda f: _decoder_by_the_book(head, f)):
+        torch.manual_seed(1)  # the same dropout draw
+        head.zero_grad()
+        out = fn(feats)
+        out.square().mean().backward()
+        results.append((out.detach(), head.linear_fuse.conv.weight.grad.clone(), feats[3].grad.clone()))
+        for f in feats:
+            f.grad = None
+    (out, g_fuse, g_c4), (ref, ref_fuse, ref_c4) = results
+    assert out.shape == ref.shape == (2, 5, 16, 16)
+    assert (out - ref).abs().max().item() < 1e-4
+    assert torch.allclose(g_fuse, ref_fuse, atol=1e-5) and torch.allclose(g_c4, ref_c4, atol=1e-6)
