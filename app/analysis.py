@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from app.backend import BACKEND
-from app.cache import ANALYSES, analysis_key, image_digest
+from app.cache import ANALYSES, analysis_key, image_digest, release_free_memory
 from app.checkpoints import CHECKPOINTS
 from app.state import Session
 from app.truth import EXAMPLES, true_labels
@@ -110,7 +110,9 @@ def analyse(session: Session, which: str, labels: tuple[str, ...] | None) -> tup
             model, session.image, list(labels) if labels is not None else None, crf, session.dense
         )
 
-    analysis, _ = ANALYSES.get_or_compute(key, compute)
+    analysis, was_cached = ANALYSES.get_or_compute(key, compute)
+    if not was_cached:
+        release_free_memory()  # the analysis's working memory, and any analysis the cache evicted
     return analysis, key
 
 
