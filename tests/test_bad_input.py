@@ -267,6 +267,11 @@ EVALUATE_CASES = [
     pytest.param(["--checkpoint", "{ws}/model.safetensors", *EV, "--device", "cuda"], "CUDA is not available",
                  id="device_cuda", marks=NO_CUDA),
     ("no_checkpoint_option", EV, "--checkpoint"),
+    ("set_unknown_key", ["--checkpoint", "{ws}/model.safetensors", *EV, "--set", "cam.nope=1"], "cam.nope"),
+    ("set_other_section", ["--checkpoint", "{ws}/model.safetensors", *EV, "--set", "model.backbone=mit_b9"],
+     "only the cam"),
+    ("set_bad_value", ["--checkpoint", "{ws}/model.safetensors", *EV, "--set", "cam.scales=[0]"],
+     "cam.scales"),
 ]
 
 
