@@ -168,10 +168,21 @@ def analyze(
     was_training = model.training
     model.eval()
     with torch.no_grad():
+        resolved: dict = {}
+
+        def labels_from(unit_logits):  # the CAM merge then skips the classes not used
+            resolved["logits"] = unit_logits[0].float().cpu().numpy()
+            resolved["present"], resolved["source"], resolved["notes"] = _resolve_labels(
+                model, labels, resolved["logits"])
+            cls = torch.zeros(1, len(model.classes) - 1, device=device)
+            cls[0, torch.as_tensor(resolved["present"] - 1, device=device)] = 1.0
+            resolved["cls_label"] = cls
+            return cls
+
         ms = multiscale_cam(model, x, scales, with_affinity=True, eps=c_cam["eps"], seg_scales=seg_scales,
                             seg_merge=seg_merge or cfg["infer"]["seg_merge"], unit_pass=True,
-                            all_attention=attention, precision=precision)
-        logits = ms.logits[0].float().cpu().numpy()
+                            all_attention=attention, precision=precision, cls_label=labels_from)
+        logits = resolved["logits"]
         enc = ms.enc
         if attention and enc is not None and any(a is not None for a in enc.attn):
             blocks = [
@@ -187,10 +198,9 @@ def analyze(
         aff, aff_attn, grid = ms.affinity, ms.attn, ms.grid
         timings["forward"] = time.perf_counter() - t0
 
-        present, source, label_notes = _resolve_labels(model, labels, logits)
-        notes += label_notes
-        cls_label = torch.zeros(1, len(model.classes) - 1, device=device)
-        cls_label[0, torch.as_tensor(present - 1, device=device)] = 1.0
+        present, source = resolved["present"], resolved["source"]
+        notes += resolved["notes"]
+        cls_label = resolved["cls_label"]
         cam = gate_cam(ms.cam, cls_label)
         cam_label = cam_to_label(cam, cls_label, c_cam["bg_thresh"])
 
@@ -214,7 +224,7 @@ def analyze(
         seg_label = seg_crf = seg_probs = None
         if ms.seg is not None:
             probs = ms.seg.softmax(1)[0]
-            seg_label = probs.argmax(0)
+            seg_label = probs.max(0).indices  # = argmax(0), first on ties; 10x faster on a CPU
             seg_probs = probs.half().cpu().numpy()
     if was_training:
         model.train()

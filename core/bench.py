@@ -1,6 +1,7 @@
 """``python -m core.bench``: timings of the core, printed as one JSON object.
 
-Every figure is the median of ``--repeats`` runs after a warm-up (wall clock). Keys:
+Every figure is the median of ``--repeats`` runs after a warm-up (three steps for the training
+steps), wall clock unless ``--clock cpu``. Keys:
 - ``precision``: what ``train.precision=auto`` resolves to on the device (the "default" below);
 - ``par_s`` / ``par_ref_s`` / ``par_speedup``: PAR on one 256x256 image, 4 score-map sets of 3
   channels, 10 iterations; the reference rebuilds its kernel per set (``core/bench_reference.py``);
@@ -11,9 +12,11 @@ Every figure is the median of ``--repeats`` runs after a warm-up (wall clock). K
   step in fp32, ``core/bench_reference.py``) and the speed-ups over the reference: one full AFA
   step, MiT-b0, crop 224, batch 4, 21 classes, every loss on, backward and optimiser step
   included; ``train_step_peak_mb`` / ``train_step_fp32_peak_mb`` / ``train_step_ref_peak_mb``:
-  the memory one step adds to what the process held before it (CPU: peak resident set size,
-  sampled; CUDA: ``max_memory_allocated``);
-- ``scenes_*``: the scenes recipe (``core/configs/scenes.yaml``: MiT-b0, its crop and batch):
+  the memory one step adds to what the process held before it (model, optimiser, batch): CPU:
+  peak resident set size of the first step in a fresh process, sampled every millisecond; CUDA:
+  ``max_memory_allocated``;
+- ``scenes_*``: the scenes recipe (``core/configs/scenes.yaml``: MiT-b0, its crop, batch and
+  settings, e.g. its L_reg sampling):
   training images/s (default, fp32, reference) and evaluation images/s (``core.analyze`` of one
   image of the config's crop size, CAM and segmentation scales, no attention views);
 - ``voc_step_s`` / ``voc_step_peak_mb``: one step at the paper's VOC setting (MiT-b1, crop 512,
@@ -176,11 +179,12 @@ def _synthetic_batch(b: int, size: int, num_classes: int, device: torch.device, 
     }
 
 
-def time_train_step(device: torch.device, repeats: int, crop: int, batch_size: int, backbone: str,
-                    num_classes: int, precision: str = "auto",
-                    reference: bool = False) -> tuple[float, float]:
-    """(median seconds, peak MB) of one training step with every loss on (``core.step``), or of
-    the authors' step (``reference``); backward and AdamW included."""
+def _step_runner(device: torch.device, crop: int, batch_size: int, backbone: str, num_classes: int,
+                 precision: str = "auto", reference: bool = False,
+                 config: str | None = None) -> Callable[[], None]:
+    """One training step with every loss on (``core.step``), or the authors' step (``reference``),
+    backward and AdamW included, on a fresh model and a synthetic batch. ``config``: a recipe whose
+    other settings apply (e.g. the scenes recipe's L_reg sampling); default the paper's."""
     from core.bench_reference import ReferencePAR, reference_training_step
     from core.config import load_config
     from core.method.affinity import radius_mask
@@ -188,9 +192,9 @@ def time_train_step(device: torch.device, repeats: int, crop: int, batch_size: i
     from core.optim import build_optimizer
     from core.step import training_step
 
-    cfg = load_config(None, [f"model.backbone={backbone}", f"model.num_classes={num_classes}",
-                             f"data.crop_size={crop}", f"train.batch_size={batch_size}",
-                             f"train.precision={precision}"])
+    cfg = load_config(config, [f"model.backbone={backbone}", f"model.num_classes={num_classes}",
+                               f"data.crop_size={crop}", f"train.batch_size={batch_size}",
+                               f"train.precision={precision}", "model.pretrained=null"])
     torch.manual_seed(0)
     model = create_model(cfg).to(device).train()
     optimizer = build_optimizer(model, cfg["optim"])
@@ -207,7 +211,7 @@ def time_train_step(device: torch.device, repeats: int, crop: int, batch_size: i
         radius = cfg["affinity"]["radius"]
         masks = {"train": radius_mask(*grid, radius, device), "infer": radius_mask(*big, radius, device)}
 
-    def one_step():
+    def one_step() -> None:
         if reference:
             loss = reference_training_step(model, batch, cfg, par, masks)
         else:
@@ -217,10 +221,45 @@ def time_train_step(device: torch.device, repeats: int, crop: int, batch_size: i
         optimizer.step()
         _sync(device)
 
-    seconds = median_time(one_step, repeats)
-    with PeakMemory(device) as peak:
+    return one_step
+
+
+def _first_step_peak(kwargs: dict, threads: int, queue) -> None:
+    """In a fresh process: the memory the first step adds (see ``step_peak_mb``)."""
+    torch.set_num_threads(threads)
+    one_step = _step_runner(torch.device("cpu"), **kwargs)
+    with PeakMemory(torch.device("cpu")) as peak:
         one_step()
-    return seconds, peak.mb
+    queue.put(peak.mb)
+
+
+def step_peak_mb(device: torch.device, **kwargs) -> float:
+    """Peak memory of one step above what the process held before it (model, optimiser, batch).
+    CUDA: ``max_memory_allocated`` of a step after a warm-up. CPU: the peak resident set size of
+    the first step in a fresh process (a process that ran before reuses freed memory without its
+    RSS growing, which would hide the step's peak)."""
+    if device.type == "cuda":
+        one_step = _step_runner(device, **kwargs)
+        one_step()
+        with PeakMemory(device) as peak:
+            one_step()
+        return peak.mb
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_first_step_peak, args=(kwargs, torch.get_num_threads(), queue))
+    child.start()
+    mb = queue.get()
+    child.join()
+    return mb
+
+
+def time_train_step(device: torch.device, repeats: int, **kwargs) -> tuple[float, float]:
+    """(median seconds, peak MB) of one training step; keyword arguments: ``_step_runner``'s."""
+    # a few warm-up steps: the first steps of a new model run slower (allocator, oneDNN caches)
+    seconds = median_time(_step_runner(device, **kwargs), repeats, warmup=3)
+    return seconds, step_peak_mb(device, **kwargs)
 
 
 def bench_train_step(device: torch.device, repeats: int) -> dict:
@@ -246,15 +285,16 @@ def bench_scenes_throughput(device: torch.device, repeats: int) -> dict:
     from core.config import load_config
     from core.models.registry import create_model
 
-    cfg = load_config("core/configs/scenes.yaml")
+    recipe = "core/configs/scenes.yaml"
+    cfg = load_config(recipe)
     crop, bs = cfg["data"]["crop_size"], cfg["train"]["batch_size"]
     shape = {"crop": crop, "batch_size": bs, "backbone": cfg["model"]["backbone"],
-             "num_classes": cfg["model"]["num_classes"]}
+             "num_classes": cfg["model"]["num_classes"], "config": recipe}
     out = {"scenes_crop": crop, "scenes_batch": bs}
     for key, kwargs in (("scenes_train_images_per_s", {}),
                         ("scenes_train_images_per_s_fp32", {"precision": "fp32"}),
                         ("scenes_train_images_per_s_ref", {"reference": True})):
-        out[key] = bs / time_train_step(device, repeats, **shape, **kwargs)[0]
+        out[key] = bs / median_time(_step_runner(device, **shape, **kwargs), repeats, warmup=3)
     out["scenes_train_speedup"] = out["scenes_train_images_per_s"] / out["scenes_train_images_per_s_ref"]
     torch.manual_seed(0)
     model = create_model(cfg).to(device).eval()

@@ -102,7 +102,8 @@ def training_step(model, batch: dict, cfg: dict, step: int) -> StepResult:
         return StepResult(loss, logs, labels)
 
     seg = F.interpolate(out.seg, size=size, mode="bilinear", align_corners=False)
-    labels["seg_pred"] = seg.detach().argmax(1)
+    labels["seg_pred"] = seg.detach().max(1).indices  # = argmax(1); PyTorch's CPU argmax over a
+    # non-innermost dimension is several times slower than max
     gt = batch.get("mask")
     if t["mode"] == "supervised":
         loss_seg = F.cross_entropy(seg, gt, ignore_index=ignore)

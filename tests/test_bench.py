@@ -83,3 +83,13 @@ def test_bench_prints_one_json_object(capsys):
     result = json.loads(capsys.readouterr().out)
     assert {"par_s", "par_ref_s", "par_speedup", "torch", "threads", "device"} <= set(result)
     assert result["par_s"] > 0 and result["par_ref_s"] > 0
+
+
+def test_step_peak_memory_in_a_fresh_process():
+    """The CPU peak is measured in a spawned process (its first step); it is positive and grows
+    with the batch."""
+    from core.bench import step_peak_mb
+
+    small = step_peak_mb(torch.device("cpu"), crop=64, batch_size=1, backbone="mit_b0", num_classes=3)
+    large = step_peak_mb(torch.device("cpu"), crop=64, batch_size=4, backbone="mit_b0", num_classes=3)
+    assert 0 < small < large

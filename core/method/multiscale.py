@@ -11,7 +11,7 @@ The model passes run under the given precision (``core/precision.py``); every me
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -109,7 +109,7 @@ def multiscale_cam(
     unit_pass: bool = False,
     all_attention: bool = False,
     precision: str | Precision = "fp32",
-    cls_label: Tensor | None = None,
+    cls_label: Tensor | Callable[[Tensor], Tensor] | None = None,
 ) -> MultiScaleCAM:
     """images: normalised ``(B, 3, H, W)``. ``model`` is an ``AFANet`` (unwrapped from DDP).
 
@@ -122,10 +122,11 @@ def multiscale_cam(
     ``unit_pass``: also run scale 1.0 (if no list has it) and return its logits and encoder
     output; ``all_attention``: that pass computes every block's attention maps.
     ``precision``: the model passes' setting (``core/precision.py``).
-    ``cls_label``: ``(B, C-1)`` image labels; when given, only the classes present in some image
-    of the batch are resized and merged, the others are 0 (what ``gate_cam`` makes of them anyway:
-    every step of the merge is per class). Attention maps and affinity are computed for the
-    images only, not for their flips.
+    ``cls_label``: ``(B, C-1)`` image labels, or a function of the scale-1.0 logits ``(B, C-1)``
+    that returns them (with ``unit_pass``: labels predicted by the model); when given, only the
+    classes present in some image of the batch are resized and merged, the others are 0 (what
+    ``gate_cam`` makes of them anyway: every step of the merge is per class).
+    Attention maps and affinity are computed for the images only, not for their flips.
     """
     b, _, h, w = images.shape
     scales = tuple(float(s) for s in scales)
@@ -135,7 +136,6 @@ def multiscale_cam(
     if seg_merge not in SEG_MERGES:
         raise ValueError(f"seg merge must be one of {', '.join(SEG_MERGES)}, got {seg_merge!r}")
     prec = resolve_precision(precision, images.device)
-    keep = None if cls_label is None else (cls_label > 0).any(0).nonzero()[:, 0]
     largest = max(scales)
     order = dict.fromkeys(((1.0,) if unit_pass else ()) + scales + seg_scales)
     cams, segs, ref_size = [], [], None
@@ -152,8 +152,7 @@ def multiscale_cam(
             else:
                 out = model.forward_cam(x, with_affinity=want_aff, all_attention=want_all, map_rows=b)
         if scale in scales:
-            cam = out.cam if keep is None else out.cam[:, keep]
-            cams.append(cam)  # (2B, ...) pairs: resized first, then max with the flip
+            cams.append(out.cam)  # (2B, ...) pairs: resized first, then max with the flip
         if scale in seg_scales and out.seg is not None:
             segs.append(average_with_flip(out.seg) if flip else out.seg)
             if scale == 1.0:
@@ -165,6 +164,11 @@ def multiscale_cam(
         if unit_pass and scale == 1.0:
             result.logits = out.logits[:b]
             result.enc = out.enc
+    if callable(cls_label):
+        cls_label = cls_label(result.logits)
+    keep = None if cls_label is None else (cls_label > 0).any(0).nonzero()[:, 0]
+    if keep is not None:
+        cams = [cam[:, keep] for cam in cams]
     if keep is None:
         result.cam = normalize_cam(combine_multiscale_cams(cams, (h, w), with_flip=flip), eps=eps)
     else:
