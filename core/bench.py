@@ -279,15 +279,17 @@ def bench_voc_step(device: torch.device, repeats: int) -> dict:
     return {"voc_step_s": seconds, "voc_step_peak_mb": peak}
 
 
-def bench_scenes_throughput(device: torch.device, repeats: int) -> dict:
-    """Training and evaluation images/s with the scenes config (synthetic inputs of its size)."""
+def bench_scenes_throughput(device: torch.device, repeats: int, crop: int | None = None) -> dict:
+    """Training and evaluation images/s with the scenes config (synthetic inputs of its size, or of
+    ``crop``: e.g. 160, the crop of the recipe before the canonical benchmark, to compare with
+    figures measured then)."""
     from core.analyze import analyze
     from core.config import load_config
     from core.models.registry import create_model
 
     recipe = "core/configs/scenes.yaml"
     cfg = load_config(recipe)
-    crop, bs = cfg["data"]["crop_size"], cfg["train"]["batch_size"]
+    crop, bs = crop or cfg["data"]["crop_size"], cfg["train"]["batch_size"]
     shape = {"crop": crop, "batch_size": bs, "backbone": cfg["model"]["backbone"],
              "num_classes": cfg["model"]["num_classes"], "config": recipe}
     out = {"scenes_crop": crop, "scenes_batch": bs}
@@ -323,10 +325,14 @@ def _main(argv: list[str] | None) -> int:
         choices=["par", "analyze", "train_step", "scenes", "voc"],
         help="run only these parts",
     )
+    parser.add_argument("--scenes-crop", type=int, default=None,
+                        help="crop of the scenes throughput (default: the scenes config's)")
     args = parser.parse_args(argv)
     from core.distributed import pick_device
     from core.loading import best_device
 
+    if args.scenes_crop is not None and not 32 <= args.scenes_crop <= 2048:
+        raise UserError(f"--scenes-crop must be in [32, 2048], got {args.scenes_crop}")
     if args.repeats < 1:
         raise UserError(f"--repeats must be at least 1, got {args.repeats}")
     CLOCK["fn"] = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -335,7 +341,7 @@ def _main(argv: list[str] | None) -> int:
         "par": bench_par,
         "analyze": bench_analyze,
         "train_step": bench_train_step,
-        "scenes": bench_scenes_throughput,
+        "scenes": lambda dev, rep: bench_scenes_throughput(dev, rep, args.scenes_crop),
         "voc": bench_voc_step,
     }
     from core.precision import resolve_precision

@@ -130,7 +130,8 @@ def training_step(model, batch: dict, cfg: dict, step: int) -> StepResult:
         )
         loss_aff, n_pos, n_neg = affinity_loss(out.affinity, aff_target, ignore_index=ignore)
         loss = loss + w["aff"] * loss_aff
-        logs.update(loss_aff=loss_aff.item(), aff_pos=float(n_pos), aff_neg=float(n_neg))
+        logs.update(loss_aff=loss_aff.item(), aff_pos=float(n_pos), aff_neg=float(n_neg),
+                    aff_pos_fg=_foreground_positive_share(pl["par_label"], aff_target, grid, ignore))
     if t["use_reg"] and w["reg"] > 0:
         loss_reg = (
             dense_crf_energy_loss(
@@ -149,9 +150,28 @@ def training_step(model, batch: dict, cfg: dict, step: int) -> StepResult:
         loss = loss + w["reg"] * loss_reg
         logs["loss_reg"] = loss_reg.item()
     logs["loss"] = loss.item()
+    for name in ("par_label", "aff_label"):  # how much of the crop the pseudo labels call foreground
+        if name in labels:
+            logs[name.replace("_label", "_fg")] = _foreground_share(labels[name], ignore)
     if gt is not None:
         for name in ("cam_label", "par_label", "aff_label"):
             if name in labels:
                 logs[name.replace("_label", "_acc")] = pixel_accuracy(labels[name], gt, ignore)
         logs["pseudo_acc"] = pixel_accuracy(target, gt, ignore)
     return StepResult(loss, logs, labels)
+
+
+def _foreground_share(label: Tensor, ignore: int) -> float:
+    """Share of a pseudo label's pixels (padding and ignore included) labelled foreground."""
+    return ((label > 0) & (label != ignore)).float().mean().item()
+
+
+def _foreground_positive_share(label: Tensor, aff_target: Tensor, grid, ignore: int) -> float:
+    """Share of the affinity loss's positive pairs that join two foreground tokens (the rest join
+    two background tokens): the loss pools all positives, so this says how much of its positive
+    term teaches that an object's tokens belong together."""
+    small = F.interpolate(label[:, None].float(), size=tuple(grid), mode="nearest").flatten(1)
+    fg = (small > 0) & (small != ignore)  # (B, N)
+    pos = aff_target == 1
+    n_pos = pos.sum().item()
+    return (pos & fg[:, :, None]).sum().item() / n_pos if n_pos else 0.0

@@ -93,3 +93,8 @@ def test_step_peak_memory_in_a_fresh_process():
     small = step_peak_mb(torch.device("cpu"), crop=64, batch_size=1, backbone="mit_b0", num_classes=3)
     large = step_peak_mb(torch.device("cpu"), crop=64, batch_size=4, backbone="mit_b0", num_classes=3)
     assert 0 < small < large
+
+
+def test_bench_scenes_crop_is_validated(capsys):
+    assert main(["--only", "scenes", "--scenes-crop", "8"]) == 2
+    assert "--scenes-crop must be in [32, 2048]" in capsys.readouterr().err

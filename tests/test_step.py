@@ -183,3 +183,28 @@ def test_tile_grid_is_validated(overrides, words):
 
     with pytest.raises(ConfigError, match=words):
         load_config(None, overrides)
+
+
+def test_foreground_shares_worked_by_hand():
+    """A 2x2 token grid (label 4x4 pixels, nearest-downsampled to every other pixel), radius 1 so
+    every pair counts: tokens [bg, fg1, fg1, ignore] give positives (0,0), (1,1), (2,2), (1,2),
+    (2,1) -- four of the five join foreground tokens."""
+    from core.step import _foreground_positive_share, _foreground_share
+    from core.method.affinity import affinity_labels
+
+    tokens = torch.tensor([[0, 1], [1, 255]])
+    label = tokens.repeat_interleave(2, 0).repeat_interleave(2, 1)[None]  # (1, 4, 4)
+    target = affinity_labels(label, (2, 2), radius=1)
+    assert int((target == 1).sum()) == 5
+    assert _foreground_positive_share(label, target, (2, 2), 255) == pytest.approx(4 / 5)
+    assert _foreground_share(label, 255) == pytest.approx(8 / 16)  # ignore is not foreground
+    assert _foreground_positive_share(label, torch.full_like(target, 255), (2, 2), 255) == 0.0
+
+
+def test_full_step_logs_the_pseudo_labels_foreground():
+    model, cfg = make()
+    res = training_step(model, batch(), cfg, step=25)
+    for key, name in (("par_fg", "par_label"), ("aff_fg", "aff_label")):
+        lab = res.labels[name]
+        assert res.logs[key] == pytest.approx(((lab > 0) & (lab != 255)).float().mean().item())
+    assert 0.0 <= res.logs["aff_pos_fg"] <= 1.0
