@@ -59,7 +59,7 @@ fi
 # 3. The shipped models and the paper's ablation (Table 1), every AFA-sized run on the same budget.
 #    The +L_reg row is the shipped AFA run itself (the full method, same config).
 run_afa() { train afa_mit_b0 core/configs/scenes.yaml; }
-run_supervised() { train supervised_mit_b0 core/configs/scenes.yaml train.mode=supervised; }
+run_supervised() { train supervised_mit_b0 core/configs/scenes.yaml train.mode=supervised train.max_iters=4000; }
 run_cnn() { train cnn_cam_resnet10t core/configs/scenes_cnn.yaml; }
 run_baseline() {
   train abl_baseline core/configs/scenes.yaml train.use_par=false train.use_aff=false train.use_reg=false

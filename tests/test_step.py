@@ -189,8 +189,8 @@ def test_foreground_shares_worked_by_hand():
     """A 2x2 token grid (label 4x4 pixels, nearest-downsampled to every other pixel), radius 1 so
     every pair counts: tokens [bg, fg1, fg1, ignore] give positives (0,0), (1,1), (2,2), (1,2),
     (2,1) -- four of the five join foreground tokens."""
-    from core.step import _foreground_positive_share, _foreground_share
     from core.method.affinity import affinity_labels
+    from core.step import _foreground_positive_share, _foreground_share
 
     tokens = torch.tensor([[0, 1], [1, 255]])
     label = tokens.repeat_interleave(2, 0).repeat_interleave(2, 1)[None]  # (1, 4, 4)

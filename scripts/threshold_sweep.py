@@ -1,0 +1,103 @@
+"""The pseudo-label stages of a checkpoint under several background scores, with the random walk's
+upper bound: the same walk with an oracle affinity.
+
+    python scripts/threshold_sweep.py --checkpoint checkpoints/afa_mit_b0_scenes.safetensors \
+        --data data/scenes --split train --limit 40 --bg 0.45 0.35 0.3 0.25 0.2 [--out R.json]
+
+For each background score ``t`` the images are analysed as ``python -m core.evaluate --set
+cam.bg_thresh=t`` scores them (ground-truth image labels, one background score for every stage)
+and the dataset mIoU (%) of cam_label, par_label, rw_mhsa_label and rw_afa_label is printed.
+``rw_oracle_label`` is the random walk of the same CAM, on the same token grid and radius, refined
+by PAR in the same way, with the learned affinity replaced by the ground truth's: 1 for two tokens
+of the same class (the mask resized to the grid, nearest), 0 otherwise. No learned affinity can
+do better than its structure allows, so when the oracle is not above par_label the walk itself
+(one step of averaging the CAM over an object) cannot improve on PAR at that score.
+
+Choose scores on the training split: the validation split is for reporting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+STAGES = ("cam_label", "par_label", "rw_mhsa_label", "rw_afa_label", "rw_oracle_label")
+
+
+def oracle_label(analysis, gt: np.ndarray, cfg: dict) -> np.ndarray:
+    """The walk of ``analysis``'s CAM with the ground truth's affinity (see the module docstring)."""
+    import torch
+    import torch.nn.functional as F
+
+    from core.method.labels import propagated_label, shared_par_kernel
+
+    grid = tuple(analysis.grid)
+    small = F.interpolate(torch.from_numpy(gt)[None, None].float(), size=grid, mode="nearest").flatten()
+    aff = (small[:, None] == small[None, :]).float()[None]
+    raw = torch.from_numpy(np.ascontiguousarray(analysis.image)).permute(2, 0, 1)[None].float()
+    cam = torch.from_numpy(np.asarray(analysis.cam, dtype=np.float32))[None]
+    cls_label = torch.zeros(1, cam.shape[1])
+    cls_label[0, torch.as_tensor(np.asarray(analysis.present) - 1)] = 1.0
+    label = propagated_label(raw, cam, cls_label, aff, grid, cfg, shared_par_kernel(raw, cfg))
+    return label[0].numpy()
+
+
+def sweep(checkpoint: str, data: str, split: str, limit: int, scores: list[float]) -> dict:
+    import copy
+
+    from core import load_model
+    from core.analyze import analyze
+    from core.evaluate import _to_numpy, _to_uint8_hwc, apply_method_settings, open_evaluation
+    from core.method.metrics import ConfusionMatrix
+
+    cfg, dataset = open_evaluation(checkpoint, data, split)
+    model = load_model(checkpoint, device="cpu")
+    num_classes = int(cfg["model"]["num_classes"])
+    out: dict = {"checkpoint": checkpoint, "data": data, "split": split,
+                 "n_images": min(limit, len(dataset)), "miou": {}}
+    for t in scores:
+        apply_method_settings(model, cfg, [f"cam.bg_thresh={t}"])  # dense: the only score used
+        dense = copy.deepcopy(cfg)
+        dense["cam"]["high_thresh"] = dense["cam"]["low_thresh"] = t  # as analyze(dense=True)
+        matrices = {s: ConfusionMatrix(num_classes) for s in STAGES}
+        for i in range(out["n_images"]):
+            sample = dataset[i]
+            gt = _to_numpy(sample["mask"]).astype(np.int64)
+            present = sorted(int(c) for c in np.unique(gt) if 0 < c < num_classes)
+            a = analyze(model, _to_uint8_hwc(sample["image_raw"]), labels=present, attention=False,
+                        dense=True)
+            for s in STAGES[:-1]:
+                if getattr(a, s) is not None:
+                    matrices[s].update(np.asarray(getattr(a, s)), gt)
+            if a.grid is not None:
+                matrices["rw_oracle_label"].update(oracle_label(a, gt, dense), gt)
+        row = {s: round(100 * m.miou(), 1) for s, m in matrices.items() if m.matrix.sum()}
+        out["miou"][str(t)] = row
+        cells = "  ".join(f"{s.replace('_label', '')} {v:.1f}" for s, v in row.items())
+        print(f"bg {t:.2f}  {cells}", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument("--limit", type=int, default=40)
+    p.add_argument("--bg", type=float, nargs="+", default=[0.45, 0.35, 0.3, 0.25, 0.2])
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    result = sweep(args.checkpoint, args.data, args.split, args.limit, args.bg)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
