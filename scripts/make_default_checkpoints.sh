@@ -75,7 +75,8 @@ both run_par run_afa_noreg
 evaluate() {  # evaluate CHECKPOINT NAME SUMMARY.json [extra args]
   local ckpt=$1 name=$2 summary=$3; shift 3
   local full="docs/results/$name.per_image.json"
-  [[ -f "$full.gz" && -f "$summary" ]] && return
+  # done when both results exist and are newer than the checkpoint (a retrained model is redone)
+  [[ -f "$full.gz" && -f "$summary" && "$summary" -nt "$ckpt" && "$full.gz" -nt "$ckpt" ]] && return
   $PY -m core.evaluate --checkpoint "$ckpt" --data data/scenes --split val --per-image --out "$full" "$@"
   $PY scripts/results_table.py --split "$full" "$summary"
 }
