@@ -101,6 +101,7 @@ def test_masks_agree_with_labels(tiny: Path) -> None:
 
 def test_train_and_val_items_come_from_disjoint_source_splits(tiny: Path) -> None:
     items = json.loads((tiny / "items.json").read_text())
+    assert all(isinstance(v["camouflaged"], bool) for v in items.values())  # per image, for per-kind scores
     train = {
         (r["source_split"], r["source_index"])
         for n, v in items.items()
@@ -286,6 +287,18 @@ def test_camouflage_makes_colour_a_poor_cue(procedural_train) -> None:
             out.append(_colour_separability(generate_scene(procedural_train, scene_rng(2, "train", i), opts)))
     # contrasting single-colour items are told apart by colour far better than camouflaged ones
     assert np.mean(plain) > np.mean(camo) + 0.08, (np.mean(plain), np.mean(camo))
+
+
+def test_each_scene_says_whether_it_is_camouflaged(procedural_train) -> None:
+    """The flag follows the per-image draw: never at 0, always at 1, about half at 0.5."""
+    def flags(value, n=40):
+        opts = SceneOptions(size=96, scale_min=1.5, scale_max=2.5, camouflage=value)
+        rngs = (scene_rng(3, "train", i) for i in range(n))
+        return [generate_scene(procedural_train, rng, opts).camouflaged for rng in rngs]
+
+    assert not any(flags(0.0)) and all(flags(1.0))
+    half = flags(0.5)
+    assert 8 < sum(half) < 32
 
 
 def test_write_is_atomic_and_locked(tmp_path: Path, monkeypatch) -> None:

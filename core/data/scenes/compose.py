@@ -88,6 +88,7 @@ class Scene:
     instances: np.ndarray
     clutter: np.ndarray
     items: list[dict[str, Any]] = field(default_factory=list)
+    camouflaged: bool = False  # drawn from one palette (``SceneOptions.camouflage``)
 
     def labels(self) -> list[int]:
         ids = np.unique(self.mask)
@@ -500,7 +501,7 @@ def _compose_scene(sprites: SpriteSet, rng: np.random.Generator, opts: SceneOpti
     counts = np.bincount(mask.ravel(), minlength=256)
     for item in placed:
         item.record["class_pixels"] = int(counts[item.cls])
-    return Scene(image, mask, instances, clutter > 0, [p.record for p in placed])
+    return Scene(image, mask, instances, clutter > 0, [p.record for p in placed], palette is not None)
 
 
 def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:

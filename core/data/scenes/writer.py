@@ -68,7 +68,8 @@ def _render(job: tuple[str, int]) -> _Rendered:
     ok, jpg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, opts.quality])
     if not ok:  # pragma: no cover - OpenCV always encodes uint8 images
         raise RuntimeError("JPEG encoding failed")
-    record = {"items": scene.items, "clutter_pixels": int(scene.clutter.sum())}
+    record = {"items": scene.items, "clutter_pixels": int(scene.clutter.sum()),
+              "camouflaged": scene.camouflaged}
     return _Rendered(f"{split}_{index:06d}", jpg.tobytes(), _encode_mask(scene.mask), scene.labels(), record)
 
 
