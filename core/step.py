@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from core.method.affinity import affinity_labels, affinity_loss
+from core.method.affinity import affinity_labels, affinity_loss, token_labels
 from core.method.cam import cam_to_label, cam_to_three_way_label, gate_cam
 from core.method.labels import propagated_label, refined_label, shared_par_kernel
 from core.method.losses import balanced_seg_loss, classification_loss, dense_crf_energy_loss
@@ -170,8 +170,8 @@ def _foreground_positive_share(label: Tensor, aff_target: Tensor, grid, ignore: 
     """Share of the affinity loss's positive pairs that join two foreground tokens (the rest join
     two background tokens): the loss pools all positives, so this says how much of its positive
     term teaches that an object's tokens belong together."""
-    small = F.interpolate(label[:, None].float(), size=tuple(grid), mode="nearest").flatten(1)
-    fg = (small > 0) & (small != ignore)  # (B, N)
+    tokens = token_labels(label, grid)
+    fg = (tokens > 0) & (tokens != ignore)  # (B, N)
     pos = aff_target == 1
     n_pos = pos.sum().item()
     return (pos & fg[:, :, None]).sum().item() / n_pos if n_pos else 0.0

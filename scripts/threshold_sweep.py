@@ -33,13 +33,13 @@ STAGES = ("cam_label", "par_label", "rw_mhsa_label", "rw_afa_label", "rw_oracle_
 def oracle_label(analysis, gt: np.ndarray, cfg: dict) -> np.ndarray:
     """The walk of ``analysis``'s CAM with the ground truth's affinity (see the module docstring)."""
     import torch
-    import torch.nn.functional as F
 
+    from core.method.affinity import token_labels
     from core.method.labels import propagated_label, shared_par_kernel
 
     grid = tuple(analysis.grid)
-    small = F.interpolate(torch.from_numpy(gt)[None, None].float(), size=grid, mode="nearest").flatten()
-    aff = (small[:, None] == small[None, :]).float()[None]
+    tokens = token_labels(torch.from_numpy(gt)[None], grid)[0]
+    aff = (tokens[:, None] == tokens[None, :]).float()[None]
     raw = torch.from_numpy(np.ascontiguousarray(analysis.image)).permute(2, 0, 1)[None].float()
     cam = torch.from_numpy(np.asarray(analysis.cam, dtype=np.float32))[None]
     cls_label = torch.zeros(1, cam.shape[1])

@@ -60,6 +60,14 @@ def _label_dtype(ignore_index: int) -> torch.dtype:
     return torch.uint8 if 0 <= ignore_index <= 255 else torch.long
 
 
+def token_labels(label: Tensor, grid: tuple[int, int]) -> Tensor:
+    """A label map ``(B, H, W)`` on the token grid ``(h, w)`` (nearest), flattened: ``(B, h * w)`` int64."""
+    if label.dim() != 3:
+        raise ValueError(f"label must be (B, H, W), got shape {tuple(label.shape)}")
+    small = F.interpolate(label[:, None].float(), size=(int(grid[0]), int(grid[1])), mode="nearest")
+    return small.flatten(1).long()
+
+
 def affinity_labels(label: Tensor, grid: tuple[int, int], radius: int = 8, ignore_index: int = 255) -> Tensor:
     """Pairwise affinity labels from a (pseudo) label map.
 
@@ -71,11 +79,8 @@ def affinity_labels(label: Tensor, grid: tuple[int, int], radius: int = 8, ignor
     farther apart than ``radius`` (Chebyshev distance on the grid). dtype uint8 when
     ``ignore_index`` fits in a byte (the default), else int64.
     """
-    if label.dim() != 3:
-        raise ValueError(f"label must be (B, H, W), got shape {tuple(label.shape)}")
     h, w = int(grid[0]), int(grid[1])
-    small = F.interpolate(label[:, None].float(), size=(h, w), mode="nearest")
-    flat = small.flatten(1).long()  # (B, N)
+    flat = token_labels(label, (h, w))  # (B, N)
     dtype = _label_dtype(ignore_index)
     same = (flat[:, :, None] == flat[:, None, :]).to(dtype)  # (B, N, N)
     unknown = flat == ignore_index  # (B, N)
