@@ -1,7 +1,6 @@
 """Fixtures for the app tests (helpers live in tests/app/helpers.py)."""
 
 import os
-import sys
 import warnings
 from pathlib import Path
 
@@ -17,6 +16,8 @@ from tests.app.helpers import (
     make_tiny_checkpoints,
     random_checkpoints,
     shipped_checkpoints,
+    start_app,
+    stop_app,
 )
 
 
@@ -68,10 +69,7 @@ def app_server(tmp_path_factory, tiny_dataset):
     tiny checkpoints of its classes (``AFA_TEST_DATASET=FOLDER@SPLIT`` offers another one first,
     e.g. ``assets/datasets/scenes_val@val`` for the README's screenshots).
     Yields ``(url, checkpoint_dir, runs_dir, server_log)``."""
-    import signal
-    import subprocess
     import time
-    import urllib.request
 
     reason = core_ready()
     if reason:
@@ -98,35 +96,11 @@ def app_server(tmp_path_factory, tiny_dataset):
         GRADIO_TEMP_DIR=str(base / "gradio"),
         PYTHONUNBUFFERED="1",
     )
-    log = open(base / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "app.py"), "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the app exited: {(base / 'server.log').read_text()[-2000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError("the app did not start within 120 s")
+    proc, url = start_app([str(ROOT / "app.py"), "--port", str(port)], cwd=ROOT, env=env,
+                          log_path=base / "server.log", port=port, timeout=120)
     started = time.time()
     yield url, ckpt_dir, runs, base / "server.log"
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    stop_app(proc)
     print(f"\napp server ran {time.time() - started:.0f} s")
 
 

@@ -10,15 +10,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.app.helpers import ROOT, core_ready, free_port
+from tests.app.helpers import ROOT, core_ready, free_port, start_app, stop_app
 
 # what the app server of a test must not inherit from the developer's or CI's environment
 APP_SETTINGS = ("AFA_APP_CHECKPOINT_DIRS", "AFA_APP_RUNS_DIR", "AFA_TRAIN_DEVICE", "PYTHONPATH")
@@ -55,37 +53,15 @@ def fresh_space(base: Path, public_scenes: str, public_iters: int = 3):
         PYTHONUNBUFFERED="1",
     )
     port = free_port()
-    log_path = base / "space.log"
-    log = open(log_path, "w")
-    # --host: a Space listens on 0.0.0.0; a test stays on the loopback interface
-    proc = subprocess.Popen(
-        [sys.executable, "app.py", "--port", str(port), "--host", "127.0.0.1"],
-        cwd=clone,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/"
+    proc = None
     try:
-        deadline = time.time() + 180
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the app exited: {log_path.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise RuntimeError("the app did not start within 180 s") from None
-                time.sleep(0.5)
+        # --host: a Space listens on 0.0.0.0; a test stays on the loopback interface
+        proc, url = start_app(["app.py", "--port", str(port), "--host", "127.0.0.1"], cwd=clone, env=env,
+                              log_path=base / "space.log", port=port, timeout=180)
         yield url, clone
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        if proc is not None:
+            stop_app(proc)
         kill_trainers(clone / "runs")
 
 

@@ -1,7 +1,11 @@
 """Helpers of the app tests: well-shaped random analyses, a fake core backend, checkpoints."""
 
 import os
+import signal
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -250,6 +254,44 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_app(args: list[str], *, cwd: Path, env: dict, log_path: Path, port: int,
+              timeout: float) -> tuple[subprocess.Popen, str]:
+    """``python ARGS`` (an app.py command line listening on ``port``) with its output in
+    ``log_path``; returns ``(process, url)`` once the page answers. If the app exits or does not
+    answer within ``timeout`` seconds it is stopped and RuntimeError carries the log's tail."""
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc.log_file = log  # closed by stop_app
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + timeout
+    while True:
+        if proc.poll() is not None:
+            stop_app(proc)
+            raise RuntimeError(f"the app exited: {log_path.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return proc, url
+        except OSError:
+            if time.time() > deadline:
+                stop_app(proc)
+                raise RuntimeError(f"the app did not start within {timeout:.0f} s: "
+                                   f"{log_path.read_text()[-3000:]}") from None
+            time.sleep(0.5)
+
+
+def stop_app(proc: subprocess.Popen) -> None:
+    """SIGTERM (the app saves and stops its runs), then kill after 20 s; close its log."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    log = getattr(proc, "log_file", None)
+    if log is not None:
+        log.close()
 
 
 def copy_finished_runs(source: Path, target: Path, limit: int = 5) -> None:

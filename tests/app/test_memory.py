@@ -5,15 +5,11 @@ resident memory has grown by at most the analysis cache's documented limit (``AF
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 
-from tests.app.helpers import ROOT, core_ready, free_port
+from tests.app.helpers import ROOT, core_ready, free_port, start_app, stop_app
 
 pytestmark = pytest.mark.slow
 
@@ -56,20 +52,9 @@ def test_memory_is_bounded_by_the_cache_limit(tmp_path):
     env.update(GRADIO_ANALYTICS_ENABLED="False", AFA_APP_WARM="0", AFA_APP_RUNS_DIR=str(tmp_path / "runs"),
                GRADIO_TEMP_DIR=str(tmp_path / "gradio"), AFA_APP_CHECKPOINT_DIRS=str(ckpt.parent),
                AFA_APP_MAX_SIDE=str(SIDE), PYTHONUNBUFFERED="1")
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port)], cwd=ROOT, env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
+    server, url = start_app([str(ROOT / "app.py"), "--port", str(port)], cwd=ROOT, env=env,
+                            log_path=tmp_path / "server.log", port=port, timeout=180)
     try:
-        url = f"http://127.0.0.1:{port}/"
-        deadline = time.time() + 180
-        while True:
-            log_tail = (tmp_path / "server.log").read_text()[-999:]
-            assert server.poll() is None and time.time() < deadline, log_tail
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
         client = Client(url, verbose=False)
         from app.backend import checkpoint_id
 
@@ -89,12 +74,7 @@ def test_memory_is_bounded_by_the_cache_limit(tmp_path):
             seen.append(rss_bytes(server.pid))
         took = time.perf_counter() - start
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+        stop_app(server)
     mb = 1 / 2**20
     grown = max(seen) - base
     steps = ", ".join(f"{seen[i] * mb:.0f}" for i in (9, 19, 29, 39))
