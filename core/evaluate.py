@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,11 +70,15 @@ def score_stages(analysis: Any, gt: np.ndarray, num_classes: int,
 
 def evaluate_images(model: torch.nn.Module, dataset: Any, cfg: dict, indices: list[int] | None = None,
                     crf: bool = False, scales: list[float] | None = None, labels: str = "dense",
-                    precision: str = "auto") -> Iterator[ImageEvaluation]:
+                    precision: str = "auto",
+                    extra_stages: Mapping[str, Callable[[Any, np.ndarray], Any]] | None = None,
+                    ) -> Iterator[ImageEvaluation]:
     """Analyse the images ``indices`` (default: all) of ``dataset`` one at a time, each with its
     ground-truth image-level labels (the classes in its mask), and yield its ``ImageEvaluation``.
     Summing the confusion matrices over images gives the dataset's (``evaluate_model``).
-    ``labels``, ``precision``: see ``evaluate_model``."""
+    ``labels``, ``precision``: see ``evaluate_model``. ``extra_stages``: more stages to score, each
+    a function of the image's analysis and its mask ``(H, W)`` returning a label map (or None to
+    skip that image), e.g. an experimental label made from the analysis."""
     if labels not in ("dense", "train"):
         raise ValueError(f"labels must be dense or train, got {labels!r}")
     from core.analyze import analyze
@@ -98,13 +102,18 @@ def evaluate_images(model: torch.nn.Module, dataset: Any, cfg: dict, indices: li
         truth = np.zeros(num_classes - 1, dtype=np.float32)
         truth[[c - 1 for c in present]] = 1.0
         probs = np.asarray(result.scores, dtype=np.float32)
+        confusions = score_stages(result, gt, num_classes, ignore)
+        for stage, make_label in (extra_stages or {}).items():
+            pred = make_label(result, gt)
+            if pred is not None:
+                confusions[stage] = ConfusionMatrix(num_classes, ignore).update(np.asarray(pred), gt)
         yield ImageEvaluation(
             index=int(index),
             name=str(sample.get("name", index)),
             present=present,
             scores=probs,
             cls_f1=multilabel_f1((probs > 0.5).astype(np.float32), truth),
-            confusions=score_stages(result, gt, num_classes, ignore),
+            confusions=confusions,
             seconds=time.perf_counter() - start,
         )
 

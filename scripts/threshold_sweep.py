@@ -52,31 +52,27 @@ def sweep(checkpoint: str, data: str, split: str, limit: int, scores: list[float
     import copy
 
     from core import load_model
-    from core.analyze import analyze
-    from core.evaluate import _to_numpy, _to_uint8_hwc, apply_method_settings, open_evaluation
+    from core.evaluate import apply_method_settings, evaluate_images, open_evaluation
     from core.method.metrics import ConfusionMatrix
 
     cfg, dataset = open_evaluation(checkpoint, data, split)
     model = load_model(checkpoint, device="cpu")
     num_classes = int(cfg["model"]["num_classes"])
-    out: dict = {"checkpoint": checkpoint, "data": data, "split": split,
-                 "n_images": min(limit, len(dataset)), "miou": {}}
+    n = min(limit, len(dataset))
+    out: dict = {"checkpoint": checkpoint, "data": data, "split": split, "n_images": n, "miou": {}}
     for t in scores:
         apply_method_settings(model, cfg, [f"cam.bg_thresh={t}"])  # dense: the only score used
         dense = copy.deepcopy(cfg)
         dense["cam"]["high_thresh"] = dense["cam"]["low_thresh"] = t  # as analyze(dense=True)
+        def oracle(a, gt, dense=dense):
+            return oracle_label(a, gt, dense) if a.grid is not None else None
+
         matrices = {s: ConfusionMatrix(num_classes) for s in STAGES}
-        for i in range(out["n_images"]):
-            sample = dataset[i]
-            gt = _to_numpy(sample["mask"]).astype(np.int64)
-            present = sorted(int(c) for c in np.unique(gt) if 0 < c < num_classes)
-            a = analyze(model, _to_uint8_hwc(sample["image_raw"]), labels=present, attention=False,
-                        dense=True)
-            for s in STAGES[:-1]:
-                if getattr(a, s) is not None:
-                    matrices[s].update(np.asarray(getattr(a, s)), gt)
-            if a.grid is not None:
-                matrices["rw_oracle_label"].update(oracle_label(a, gt, dense), gt)
+        extra = {"rw_oracle_label": oracle}
+        for ev in evaluate_images(model, dataset, cfg, list(range(n)), extra_stages=extra):
+            for s in STAGES:
+                if s in ev.confusions:
+                    matrices[s].merge(ev.confusions[s])
         row = {s: round(100 * m.miou(), 1) for s, m in matrices.items() if m.matrix.sum()}
         out["miou"][str(t)] = row
         cells = "  ".join(f"{s.replace('_label', '')} {v:.1f}" for s, v in row.items())

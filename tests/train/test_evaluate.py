@@ -9,7 +9,7 @@ import torch
 
 from core.config import load_config
 from core.data import class_names
-from core.evaluate import STAGES, headline_miou, infer_dataset_kind, main
+from core.evaluate import STAGES, evaluate_images, headline_miou, infer_dataset_kind, main, open_evaluation
 from core.method.metrics import ConfusionMatrix
 from core.models.registry import create_model
 from core.runstate import save_model_checkpoint
@@ -57,6 +57,25 @@ def test_evaluate_cli_reports_every_stage(tmp_path, tiny_scenes, capsys):
         assert total.as_dict(names) == result["stages"][stage]
     for entry in per_image.values():
         assert set(entry["labels"]) <= set(names[1:]) and 0.0 <= entry["cls_f1"] <= 1.0
+
+
+def test_extra_stages_are_scored_against_the_mask_like_the_models_own(tmp_path, tiny_scenes):
+    """``evaluate_images(extra_stages=...)``: each function gets the image's analysis and mask; its
+    label is scored like the model's stages (the mask itself scores a diagonal matrix, a copy of
+    par_label the same matrix as par_label), and an image it returns None for is left out."""
+    from core import load_model
+
+    ckpt = _checkpoint(tmp_path, tiny_scenes)
+    cfg, dataset = open_evaluation(str(ckpt), str(tiny_scenes), "val")
+    model = load_model(str(ckpt), device="cpu")
+    extra = {"truth": lambda a, gt: gt, "par_again": lambda a, gt: a.par_label,
+             "nothing": lambda a, gt: None}
+    for ev in evaluate_images(model, dataset, cfg, [0, 1], scales=[1.0], precision="fp32",
+                              extra_stages=extra):
+        truth = ev.confusions["truth"].matrix
+        assert truth.sum() > 0 and (truth == torch.diag(torch.as_tensor(truth).diagonal()).numpy()).all()
+        assert (ev.confusions["par_again"].matrix == ev.confusions["par_label"].matrix).all()
+        assert "nothing" not in ev.confusions
 
 
 @pytest.mark.slow
