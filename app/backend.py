@@ -223,8 +223,10 @@ def checkpoint_id(path: Path, root: Path = ROOT) -> str:
 
 
 def describe_checkpoint(path: Path, meta: dict, root: Path = ROOT) -> CheckpointInfo:
-    """The picker's entry of a checkpoint: its name, encoder, step and headline mIoU (core's rule)."""
-    from core.evaluate import headline_miou
+    """The picker's entry of a checkpoint: its name, encoder, step and headline mIoU (core's rule):
+    that of its published evaluation when one lies beside it (the shipped models' whole val split),
+    else that of its own periodic evaluation during training (a few val images)."""
+    from core.evaluate import headline_miou, published_evaluation
     from core.runstate import CHECKPOINT_FILE
 
     model_cfg = meta.get("model", {}) if isinstance(meta.get("model"), dict) else {}
@@ -234,9 +236,12 @@ def describe_checkpoint(path: Path, meta: dict, root: Path = ROOT) -> Checkpoint
     parts = [path.parent.name if in_run else path.stem, str(model_cfg.get("backbone", "?"))]
     if meta.get("step"):
         parts.append(f"step {meta['step']}")
+    published = published_evaluation(path)
     headline = headline_miou((meta.get("metrics") or {}).get("miou"))
-    if headline is not None:
-        parts.append(f"mIoU {100 * headline[1]:.1f} ({headline[0]})")
+    if published is not None:
+        parts.append(f"mIoU {100 * published[1]:.1f} ({published[0]}, {published[2]})")
+    elif headline is not None:
+        parts.append(f"mIoU {100 * headline[1]:.1f} ({headline[0]}, training evaluation)")
     if in_run:
         parts.append("run")
     return CheckpointInfo(

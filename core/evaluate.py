@@ -229,6 +229,27 @@ def headline_miou(miou: Any) -> tuple[str, float] | None:
     return ("miou", float(miou)) if _finite_number(miou) else None
 
 
+EVALUATION_SUFFIX = ".eval.json"  # NAME.eval.json beside NAME.safetensors: its published evaluation
+
+
+def published_evaluation(checkpoint: str | Path) -> tuple[str, float, str] | None:
+    """The headline of a checkpoint file's published evaluation, ``NAME.eval.json`` beside it (the
+    summary ``scripts/make_default_checkpoints.sh`` writes for the shipped models): ``(stage,
+    value, what)`` with ``what`` e.g. "300 val images"; None when there is none or it is unreadable
+    (then the checkpoint's own periodic evaluation is all there is)."""
+    import json
+
+    path = Path(checkpoint).with_suffix(EVALUATION_SUFFIX)
+    try:
+        result = json.loads(path.read_text())
+        miou = {stage: entry["miou"] for stage, entry in result["stages"].items()}
+        n_images, split = int(result["n_images"]), str(result["split"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    headline = headline_miou(miou)
+    return None if headline is None else (*headline, f"{n_images} {split} images")
+
+
 def _finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
 

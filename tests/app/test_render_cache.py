@@ -1,5 +1,6 @@
 """Rendering helpers, plots and the analysis cache."""
 
+import json
 import os
 import time
 
@@ -158,12 +159,26 @@ def test_picker_label_names_the_headline_miou(tmp_path):
     afa = describe_checkpoint(
         tmp_path / "afa_x.safetensors", {"model": {"backbone": "mit_b0"}, "metrics": metrics}
     )
-    assert afa.label == "afa_x · mit_b0 · mIoU 19.6 (seg_label)"  # the segmentation's, not the first
+    # the segmentation's, not the first; from the checkpoint's own evaluation during training
+    assert afa.label == "afa_x · mit_b0 · mIoU 19.6 (seg_label, training evaluation)"
     cnn_metrics = {"miou": {"cam_label": 0.41, "par_label": 0.63}}
     cnn = describe_checkpoint(
         tmp_path / "run" / "checkpoint.safetensors", {"model": {}, "metrics": cnn_metrics}
     )
-    assert cnn.label == "run · ? · mIoU 63.0 (par_label) · run"  # a CAM-only model: its best pseudo label
+    # a CAM-only model: its best pseudo label
+    assert cnn.label == "run · ? · mIoU 63.0 (par_label, training evaluation) · run"
+    # a published evaluation beside the file (NAME.eval.json, the whole split) wins over it
+    summary = {"n_images": 300, "split": "val",
+               "stages": {"cam_label": {"miou": 0.47}, "seg_label": {"miou": 0.396}}}
+    (tmp_path / "afa_x.eval.json").write_text(json.dumps(summary))
+    afa = describe_checkpoint(
+        tmp_path / "afa_x.safetensors", {"model": {"backbone": "mit_b0"}, "metrics": metrics}
+    )
+    assert afa.label == "afa_x · mit_b0 · mIoU 39.6 (seg_label, 300 val images)"
+    (tmp_path / "afa_x.eval.json").write_text("{not json")  # unreadable: the checkpoint's own again
+    assert describe_checkpoint(
+        tmp_path / "afa_x.safetensors", {"model": {"backbone": "mit_b0"}, "metrics": metrics}
+    ).label.endswith("(seg_label, training evaluation)")
 
 
 def test_discovery_lists_models_not_encoder_weights(tmp_path, monkeypatch):
