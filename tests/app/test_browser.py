@@ -4,45 +4,24 @@ sorts it by a gain, opens a row in Inspect (ground truth, scores, errors), downl
 compares two checkpoints; checks the layout at 1280x800 and at phone width. It saves a screenshot
 of every tab for the README."""
 
-import os
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.app.helpers import ROOT
+from tests.app.helpers import ROOT, chromium_browser
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = os.environ.get("AFA_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SHOTS = ROOT / "assets" / "screenshots"
 TIMEOUT_MS = 240_000
 
 
 @pytest.fixture(scope="module")
 def page(app_server):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no chromium at {CHROMIUM} (install Debian's chromium package or set AFA_TEST_CHROMIUM)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the playwright Python package is not installed")
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium_browser() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(TIMEOUT_MS)
         yield page
-        browser.close()
 
 
 def image_src(page, elem_id: str) -> str:
