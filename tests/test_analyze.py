@@ -180,6 +180,37 @@ def test_crf_changes_the_segmentation_of_a_shipped_example():
     assert set(np.unique(refined.seg_crf_label)) <= set(np.unique(refined.seg_label))
 
 
+def test_every_shipped_example_is_recognised_exactly_and_its_objects_covered():
+    """What the app's examples promise: on each, the shipped AFA model predicts exactly the classes
+    of its mask (sigmoid score > 0.5, no other), and the AFA-propagated label (scored as
+    core.evaluate scores it: one background score) covers each object (IoU >= 0.8 per class)."""
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    from core.io import read_image
+
+    repo = Path(__file__).resolve().parents[1]
+    model = core.load_model(repo / "checkpoints" / "afa_mit_b0_scenes.safetensors", device="cpu")
+    examples = sorted((repo / "assets" / "examples").glob("*.json"))
+    assert len(examples) >= 3
+    for path in examples:
+        info = json.loads(path.read_text())
+        rgb, _ = read_image(path.with_name(info["image"]), 512)
+        mask = np.array(Image.open(path.with_name(info["mask"])))  # palette PNG: class ids
+        assert mask.shape == rgb.shape[:2]
+        a = core.analyze(model, rgb, attention=False, dense=True)
+        predicted = [model.classes[c + 1] for c in np.flatnonzero(a.scores > 0.5)]
+        assert sorted(predicted) == sorted(info["labels"]), path.name
+        for name in info["labels"]:
+            c = model.classes.index(name)
+            valid = mask != 255
+            pred, true = (a.rw_afa_label == c) & valid, (mask == c) & valid
+            iou = (pred & true).sum() / (pred | true).sum()
+            assert iou >= 0.8, f"{path.name}: {name} IoU {iou:.2f}"
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 3), (1, 37, 3), (23, 1, 3)])
 def test_one_pixel_sides_work_at_their_own_size(afa, shape):
     a = core.analyze(afa, np.full(shape, 90, np.uint8), crf=crf_available())
