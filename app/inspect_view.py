@@ -357,7 +357,8 @@ def on_image(
 ) -> dict:
     """A new image (upload, example, paste): read it with core.io, analyse, draw every view.
     The image the Dataset tab has just opened here (with its ground truth) comes back through
-    this event, and is left as it is."""
+    this event, and is left as it is: named and scored as the Dataset tab opened it, even when
+    its pixels are also those of a shipped example."""
     settings = ViewSettings(opacity=opacity, smooth=smooth)
     old = session or Session()
     keep = dict(dense=old.dense, show_errors=old.show_errors)
@@ -373,7 +374,6 @@ def on_image(
         old.ready
         and old.image_hash == fresh.image_hash
         and old.truth is not None
-        and fresh.truth is None
         and (old.afa_id, old.cnn_id) == (afa_id, cnn_id or None)
     ):
         return {}  # shown with a ground truth it does not carry itself (opened from the Dataset tab)

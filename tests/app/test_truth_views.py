@@ -68,6 +68,23 @@ def test_an_example_is_recognised_by_its_pixels(fake_backend, ids):
     assert EXAMPLES.find("not an image digest", 512) is None
 
 
+def test_an_image_opened_with_its_truth_stays_so_when_it_is_also_an_example(fake_backend, ids):
+    """The Dataset tab opens an image with its ground truth, named after its row; the image comes
+    back through on_image. When the same pixels are a shipped example, the session stays the
+    Dataset tab's (nothing to redo), not re-analysed and renamed as the example."""
+    path = example_images()[0]
+    rgb = np.asarray(Image.open(path).convert("RGB")).copy()
+    example = read_example_truth(path)
+    opened = GroundTruth(example.mask, example.classes, "dataset · val_x", "val_x")
+    session = new_session(rgb, ids[0], ids[1], False, truth=opened, dense=True)
+    views = analyse_and_draw(session, ViewSettings(opacity=0.5), lambda *a, **k: None)
+    assert views["session"].truth.name == "val_x"
+    assert on_image(rgb.copy(), ids[0], ids[1], False, 0.5, False, views["session"]) == {}
+    # another checkpoint is a new analysis of that image, which is then the example
+    again = on_image(rgb.copy(), ids[0], None, False, 0.5, False, views["session"])
+    assert again["session"].truth.name == example.name
+
+
 def test_scores_under_each_map_are_the_confusion_matrix_of_core(with_truth):
     session, views = with_truth
     afa = cached(session, "afa")
