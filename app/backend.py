@@ -237,10 +237,9 @@ def describe_checkpoint(path: Path, meta: dict, root: Path = ROOT) -> Checkpoint
     if meta.get("step"):
         parts.append(f"step {meta['step']}")
     published = published_evaluation(path)
-    headline = headline_miou((meta.get("metrics") or {}).get("miou"))
     if published is not None:
         parts.append(f"mIoU {100 * published[1]:.1f} ({published[0]}, {published[2]})")
-    elif headline is not None:
+    elif (headline := headline_miou((meta.get("metrics") or {}).get("miou"))) is not None:
         parts.append(f"mIoU {100 * headline[1]:.1f} ({headline[0]}, training evaluation)")
     if in_run:
         parts.append("run")

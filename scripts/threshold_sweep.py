@@ -64,6 +64,7 @@ def sweep(checkpoint: str, data: str, split: str, limit: int, scores: list[float
         apply_method_settings(model, cfg, [f"cam.bg_thresh={t}"])  # dense: the only score used
         dense = copy.deepcopy(cfg)
         dense["cam"]["high_thresh"] = dense["cam"]["low_thresh"] = t  # as analyze(dense=True)
+
         def oracle(a, gt, dense=dense):
             return oracle_label(a, gt, dense) if a.grid is not None else None
 
