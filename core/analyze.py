@@ -72,6 +72,16 @@ def _method_config(model) -> dict:
     return cfg
 
 
+def dense_settings(cfg: dict) -> dict:
+    """A copy of method settings ``cfg`` for dense labels: the ignore band collapsed onto the
+    background score (``high_thresh = low_thresh = bg_thresh``), as ``analyze(dense=True)`` uses."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    out["cam"]["high_thresh"] = out["cam"]["low_thresh"] = out["cam"]["bg_thresh"]
+    return out
+
+
 def _as_rgb_uint8(image) -> tuple[np.ndarray, list[str]]:
     """A non-empty RGB uint8 array as is; anything else through ``read_image`` (other dtypes and
     channel counts are converted with notes; an empty array is an ``ImageReadError``)."""
@@ -150,10 +160,8 @@ def analyze(
     t0 = time.perf_counter()
     rgb, notes = _as_rgb_uint8(image)
     h, w = rgb.shape[:2]
-    cfg = _method_config(model)
+    cfg = dense_settings(_method_config(model)) if dense else _method_config(model)
     c_cam = cfg["cam"]
-    if dense:
-        c_cam["high_thresh"] = c_cam["low_thresh"] = c_cam["bg_thresh"]
     scales = tuple(float(s) for s in (c_cam["scales"] if scales is None else scales))
     if not scales or any(s <= 0 for s in scales):
         raise ValueError("scales must be a non-empty list of positive numbers")

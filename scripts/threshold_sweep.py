@@ -49,9 +49,8 @@ def oracle_label(analysis, gt: np.ndarray, cfg: dict) -> np.ndarray:
 
 
 def sweep(checkpoint: str, data: str, split: str, limit: int, scores: list[float]) -> dict:
-    import copy
-
     from core import load_model
+    from core.analyze import dense_settings
     from core.evaluate import apply_method_settings, evaluate_images, open_evaluation
     from core.method.metrics import ConfusionMatrix
 
@@ -62,8 +61,7 @@ def sweep(checkpoint: str, data: str, split: str, limit: int, scores: list[float
     out: dict = {"checkpoint": checkpoint, "data": data, "split": split, "n_images": n, "miou": {}}
     for t in scores:
         apply_method_settings(model, cfg, [f"cam.bg_thresh={t}"])  # dense: the only score used
-        dense = copy.deepcopy(cfg)
-        dense["cam"]["high_thresh"] = dense["cam"]["low_thresh"] = t  # as analyze(dense=True)
+        dense = dense_settings(cfg)  # the settings analyze(dense=True) uses
 
         def oracle(a, gt, dense=dense):
             return oracle_label(a, gt, dense) if a.grid is not None else None

@@ -224,3 +224,12 @@ def test_empty_arrays_are_a_user_error(afa, shape):
 
     with pytest.raises(ImageReadError, match="zero size"):
         core.analyze(afa, np.zeros(shape, np.uint8))
+
+
+def test_dense_settings_collapse_the_band_on_a_copy():
+    from core.analyze import dense_settings
+
+    cfg = load_config(None, ["cam.bg_thresh=0.3", "cam.high_thresh=0.4", "cam.low_thresh=0.2"])
+    dense = dense_settings(cfg)
+    assert dense["cam"]["high_thresh"] == dense["cam"]["low_thresh"] == dense["cam"]["bg_thresh"] == 0.3
+    assert (cfg["cam"]["high_thresh"], cfg["cam"]["low_thresh"]) == (0.4, 0.2)  # the caller's settings kept

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from core.analyze import dense_settings
 from core.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,8 +27,7 @@ def test_oracle_walk_spreads_a_partial_cam_over_its_object_only():
     mean 0.54 > 0.5), so the object, and nothing else, is labelled; a CAM on one token only
     (mean class probability 0.40) is drained by the background."""
     sweep = load_script()
-    cfg = load_config(None, ["affinity.radius=4"])
-    cfg["cam"]["high_thresh"] = cfg["cam"]["low_thresh"] = 0.45
+    cfg = dense_settings(load_config(None, ["affinity.radius=4"]))  # the paper's background score 0.45
     image = np.full((128, 128, 3), 40, np.uint8)
     image[32:96, 32:96] = (200, 120, 60)
     gt = np.zeros((128, 128), np.int64)
