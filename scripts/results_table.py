@@ -3,12 +3,16 @@
     python scripts/results_table.py NAME=FILE.json[.gz] [NAME=FILE.json ...] [--bootstrap 1000]
     python scripts/results_table.py --split FULL.json SUMMARY.json   # per-image part -> FULL.json.gz
     python scripts/results_table.py --gain "rw_afa_label-par_label" NAME=FILE.json ...
+    python scripts/results_table.py --errors NAME=FILE.json.gz ...   # what kind of error each stage makes
 
 Each cell is the dataset mIoU (%). With per-image results in the files, ``--bootstrap N`` adds a
 95 % interval from resampling the images with replacement (N times; the confusion matrices of
 the drawn images are summed, so each replicate is a dataset mIoU computed as the real one), and
 ``--gain A-B`` prints, per file, the difference of two stages with its paired interval (the same
-resampled images for both stages): a gain whose interval excludes 0 is not noise.
+resampled images for both stages): a gain whose interval excludes 0 is not noise. ``--errors``
+splits each stage's wrong pixels by kind (``core.method.metrics.ERROR_KINDS``, summed over the
+images): item pixels labelled background (missed) or as another class (wrong class), background
+pixels labelled as a class (false positive), and pixels left without a class.
 """
 
 from __future__ import annotations
@@ -48,6 +52,27 @@ def bootstrap(counts: tuple[np.ndarray, np.ndarray], draws: np.ndarray) -> np.nd
     return np.array([ConfusionMatrix.from_counts(m, u).miou() for m, u in zip(summed, summed_unpred)])
 
 
+def print_errors(loaded: list[tuple[str, dict]]) -> None:
+    """Per file and stage (with per-image results): the shares of item pixels missed (labelled
+    background) and given the wrong class, of background pixels labelled as a class, and of all
+    pixels left without a class, from the summed confusion matrices."""
+    print("\n| model | stage | missed (% of item px) | wrong class (% of item px) "
+          "| false positive (% of background px) | no class (% of px) |")
+    print("|---" * 6 + "|")
+    for name, data in loaded:
+        for stage in STAGES:
+            counts = per_image_counts(data, stage)
+            if counts is None:
+                continue
+            cm = ConfusionMatrix.from_counts(counts[0].sum(0), counts[1].sum(0))
+            kinds = cm.error_counts()
+            items = max(int(cm.matrix[1:].sum() + cm.unpredicted[1:].sum()), 1)
+            background = max(int(cm.matrix[0].sum() + cm.unpredicted[0]), 1)
+            total = max(int(cm.matrix.sum() + cm.unpredicted.sum()), 1)
+            print(f"| {name} | {stage} | {100 * kinds[2] / items:.1f} | {100 * kinds[3] / items:.1f} "
+                  f"| {100 * kinds[1] / background:.1f} | {100 * kinds[4] / total:.1f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python scripts/results_table.py", description=__doc__.split("\n")[0])
     p.add_argument("files", nargs="+", metavar="NAME=FILE.json")
@@ -59,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="A-B",
         help="stage difference, e.g. rw_afa_label-par_label",
     )
+    p.add_argument("--errors", action="store_true", help="a table of the kinds of error per stage")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--split",
@@ -112,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             if f1 is not None
             else f"| {name} | " + " | ".join(cells) + f" | - | {data.get('n_images', '?')} |"
         )
+    if args.errors:
+        print_errors(loaded)
     for gain in args.gain:
         a, _, b = gain.partition("-")
         print(f"\n{a} - {b} (mIoU points, 95 % paired bootstrap interval):")

@@ -108,6 +108,19 @@ class ConfusionMatrix:
         total = self.matrix.sum() + self.unpredicted.sum()
         return float(np.trace(self.matrix) / total) if total else float("nan")
 
+    def error_counts(self) -> dict[int, int]:
+        """Pixels per kind of ``ERROR_KINDS`` (code -> count), the same kinds ``error_map`` paints:
+        0 correct, 1 background predicted as a class, 2 a class predicted as background, 3 a class
+        predicted as another class, 4 no class predicted (``unpredicted``)."""
+        m = self.matrix
+        return {
+            0: int(np.trace(m)),
+            1: int(m[0, 1:].sum()),
+            2: int(m[1:, 0].sum()),
+            3: int(m[1:, 1:].sum() - np.trace(m[1:, 1:])),
+            4: int(self.unpredicted.sum()),
+        }
+
     def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         """Add the counts of ``other`` (same classes) into this matrix in place; returns self."""
         if other.num_classes != self.num_classes:

@@ -159,6 +159,21 @@ def test_error_map_by_hand():
         error_map(pred[:, :2], gt)
 
 
+def test_error_counts_match_the_error_map_pixel_by_pixel():
+    # the matrix's counts per kind equal the painted map's, on random labels with ignore on both sides
+    rng = np.random.default_rng(5)
+    gt = rng.integers(0, 4, (3, 40, 30))
+    gt[rng.random(gt.shape) < 0.1] = 255
+    pred = rng.integers(0, 4, gt.shape)
+    pred[rng.random(gt.shape) < 0.1] = 255
+    cm = ConfusionMatrix(4)
+    for p, g in zip(pred, gt):  # three images, summed
+        cm.update(p, g)
+    painted = np.bincount(error_map(pred, gt).ravel(), minlength=256)
+    assert cm.error_counts() == {k: int(painted[k]) for k in range(5)}
+    assert min(cm.error_counts().values()) > 0  # every kind occurs: the comparison is not vacuous
+
+
 def test_multilabel_f1_per_image_mean():
     pred = np.array([[1, 0, 1], [0, 0, 0], [0, 1, 0]])
     target = np.array([[1, 1, 0], [0, 0, 0], [1, 0, 0]])

@@ -1,0 +1,32 @@
+"""scripts/results_table.py: the error table on a case counted by hand."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("results_table", ROOT / "scripts" / "results_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_error_table_sums_the_images_then_splits_by_kind(tmp_path, capsys):
+    # classes background, a, b. Image 1: 6 background pixels (2 labelled a), 4 of a (1 as
+    # background, 1 as b). Image 2: 10 background (all right), 10 of b (3 as background), and 5
+    # pixels of a left without a class. Items: 4 + 10 + 5 = 19 pixels, of which missed 1 + 3 = 4,
+    # wrong class 1; background 16, false positive 2; no class 5 of 35.
+    one = {"confusion": [[4, 2, 0], [1, 2, 1], [0, 0, 0]], "unpredicted": [0, 0, 0]}
+    two = {"confusion": [[10, 0, 0], [0, 0, 0], [3, 0, 7]], "unpredicted": [0, 5, 0]}
+    data = {"stages": {"seg_label": {"miou": 0.5}}, "n_images": 2,
+            "per_image": {"i1": {"stages": {"seg_label": one}}, "i2": {"stages": {"seg_label": two}}}}
+    path = tmp_path / "e.json"
+    path.write_text(json.dumps(data))
+    assert load_script().main(["--errors", f"M={path}"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| M | seg_label")]
+    cells = [c.strip() for c in rows[-1].strip("|").split("|")]
+    expected = [100 * 4 / 19, 100 * 1 / 19, 100 * 2 / 16, 100 * 5 / 35]
+    assert cells[2:] == [f"{v:.1f}" for v in expected]
