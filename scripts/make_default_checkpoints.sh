@@ -91,7 +91,7 @@ for name in baseline par afa; do
   evaluate "$RUNS/abl_$name/checkpoint.safetensors" "abl_$name" "docs/results/abl_$name.eval.json"
 done
 G=docs/results
-$PY scripts/results_table.py --bootstrap 1000 --gain rw_afa_label-par_label --gain par_label-cam_label \
+$PY scripts/results_table.py --bootstrap 1000 --errors --gain rw_afa_label-par_label --gain par_label-cam_label \
     --gain rw_afa_label-rw_mhsa_label "AFA=$G/afa_mit_b0_scenes.per_image.json.gz" \
     "CNN CAM=$G/cnn_cam_resnet10t_scenes.per_image.json.gz" "fully supervised=$G/supervised_mit_b0_scenes.per_image.json.gz"
 $PY scripts/results_table.py --bootstrap 1000 --gain seg_label-par_label "baseline=$G/abl_baseline.per_image.json.gz" \
