@@ -1,17 +1,8 @@
 """scripts/results_table.py: the error table on a case counted by hand."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("results_table", ROOT / "scripts" / "results_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.scripts import load_script
 
 
 def test_error_table_sums_the_images_then_splits_by_kind(tmp_path, capsys):
@@ -25,7 +16,7 @@ def test_error_table_sums_the_images_then_splits_by_kind(tmp_path, capsys):
             "per_image": {"i1": {"stages": {"seg_label": one}}, "i2": {"stages": {"seg_label": two}}}}
     path = tmp_path / "e.json"
     path.write_text(json.dumps(data))
-    assert load_script().main(["--errors", f"M={path}"]) == 0
+    assert load_script("results_table").main(["--errors", f"M={path}"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| M | seg_label")]
     cells = [c.strip() for c in rows[-1].strip("|").split("|")]
     expected = [100 * 4 / 19, 100 * 1 / 19, 100 * 2 / 16, 100 * 5 / 35]

@@ -1,22 +1,12 @@
 """scripts/threshold_sweep.py: the oracle random walk (ground-truth affinity) on a case worked by hand."""
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
 from core.analyze import dense_settings
 from core.config import load_config
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("threshold_sweep", ROOT / "scripts" / "threshold_sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.scripts import load_script
 
 
 def test_oracle_walk_spreads_a_partial_cam_over_its_object_only():
@@ -26,7 +16,7 @@ def test_oracle_walk_spreads_a_partial_cam_over_its_object_only():
     object's tokens (softmax against the background score 0.45: class probability 0.63 and 0.54,
     mean 0.54 > 0.5), so the object, and nothing else, is labelled; a CAM on one token only
     (mean class probability 0.40) is drained by the background."""
-    sweep = load_script()
+    sweep = load_script("threshold_sweep")
     cfg = dense_settings(load_config(None, ["affinity.radius=4"]))  # the paper's background score 0.45
     image = np.full((128, 128, 3), 40, np.uint8)
     image[32:96, 32:96] = (200, 120, 60)

@@ -1,20 +1,16 @@
 """scripts/make_examples.py (examples with ground truth, the bundled subset) and the authors'
 converted VOC checkpoint in the app (listed, described and analysed with the 21 VOC names)."""
 
-import importlib.util
 import json
 
 import numpy as np
 import torch
 
-from tests.app.helpers import ROOT
+from tests.scripts import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("make_examples", ROOT / "scripts" / "make_examples.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("make_examples")
 
 
 def test_make_examples_copies_images_masks_and_labels(tiny_dataset, tmp_path, monkeypatch, capsys):
