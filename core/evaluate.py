@@ -229,6 +229,17 @@ def headline_miou(miou: Any) -> tuple[str, float] | None:
     return ("miou", float(miou)) if _finite_number(miou) else None
 
 
+def read_results(path: str | Path) -> dict[str, Any]:
+    """An evaluation written by ``python -m core.evaluate --out`` (``.json``, or ``.json.gz`` as
+    ``docs/results/`` keeps the per-image ones)."""
+    import gzip
+    import json
+
+    path = Path(path)
+    with gzip.open(path, "rt") if path.suffix == ".gz" else open(path) as fh:
+        return json.load(fh)
+
+
 EVALUATION_SUFFIX = ".eval.json"  # NAME.eval.json beside NAME.safetensors: its published evaluation
 
 

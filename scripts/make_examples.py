@@ -3,6 +3,10 @@
     # the Inspect tab's examples: NAME.jpg + NAME.png (the mask, as stored) + NAME.json (labels)
     python scripts/make_examples.py --data data/scenes --names val_000003 val_000017 --out assets/examples
     python scripts/make_examples.py --data data/scenes --count 5 --seed 0 --out assets/examples --clear
+    # only images a model handles (per-image results of python -m core.evaluate --per-image):
+    # exact classes, and every true class covered by its AFA label (per-class IoU >= 0.8)
+    python scripts/make_examples.py --data data/scenes \
+        --where docs/results/afa_mit_b0_scenes.per_image.json.gz --list
     # the Dataset tab's bundled subset (public mode): the same VOC layout, a sample of the split
     python scripts/make_examples.py --data data/scenes --count 100 --subset assets/datasets/scenes_val --clear
 
@@ -44,18 +48,47 @@ def open_split(root: Path, split: str):
     return dataset
 
 
-def choose(dataset, names: list[str] | None, count: int | None, seed: int) -> list[int]:
-    """Indices of the named images, or ``count`` of them drawn with ``seed`` (in dataset order)."""
+def choose(dataset, names: list[str] | None, count: int | None, seed: int,
+           allowed: dict[str, str | None] | None = None) -> list[int]:
+    """Indices of the named images, or ``count`` of them drawn with ``seed`` (in dataset order).
+    ``allowed`` (from ``qualifying``) restricts both to the images it qualifies."""
     if names:
         missing = [n for n in names if n not in dataset.names]
         if missing:
             raise UserError(f"not in the split: {', '.join(missing[:5])}")
+        if allowed is not None:
+            ruled_out = [f"{n} ({allowed.get(n) or 'not in the results'})" for n in names
+                         if n not in allowed or allowed[n]]
+            if ruled_out:
+                raise UserError(f"ruled out by --where: {'; '.join(ruled_out[:3])}")
         return [dataset.names.index(n) for n in names]
     import numpy as np
 
-    count = min(int(count or 5), len(dataset))
+    pool = [i for i, n in enumerate(dataset.names) if allowed is None or (n in allowed and not allowed[n])]
+    count = min(int(count or 5), len(pool))
     rng = np.random.default_rng(seed)
-    return sorted(int(i) for i in rng.choice(len(dataset), size=count, replace=False))
+    return sorted(pool[int(i)] for i in rng.choice(len(pool), size=count, replace=False))
+
+
+def disqualification(entry: dict, stage: str, min_iou: float) -> str | None:
+    """Why one image's per-image result (``core.evaluate``'s ``per_image`` entry) rules it out as
+    an example: the model does not predict exactly its classes, or ``stage`` covers one of its
+    classes with an IoU below ``min_iou``. None when it qualifies."""
+    if entry["cls_f1"] < 1.0:
+        return "the model does not predict exactly its classes"
+    per_class = entry["stages"][stage]["per_class"]
+    low = [f"{name} {per_class.get(name, 0.0):.2f}" for name in entry["labels"]
+           if per_class.get(name, 0.0) < min_iou]
+    return f"{stage} IoU below {min_iou:g}: {', '.join(low)}" if low else None
+
+
+def qualifying(results: dict, stage: str, min_iou: float) -> dict[str, str | None]:
+    """``{image name: disqualification or None}`` for every image of an evaluation's results."""
+    if "per_image" not in results:
+        raise UserError("the results have no per-image part (python -m core.evaluate --per-image)")
+    if stage not in results["stages"]:
+        raise UserError(f"the results have no stage {stage}; they have {', '.join(results['stages'])}")
+    return {name: disqualification(entry, stage, min_iou) for name, entry in results["per_image"].items()}
 
 
 def image_labels(dataset, index: int) -> list[str]:
@@ -116,6 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--out", default=None, help="write examples here (default assets/examples)")
     where.add_argument("--subset", default=None, help="write a VOC-layout subset here instead")
     p.add_argument("--clear", action="store_true", help="empty the target folder first")
+    p.add_argument("--where", default=None, metavar="RESULTS",
+                   help="only images these per-image results (core.evaluate --per-image) qualify: the model "
+                        "predicts exactly their classes and --stage covers each with IoU >= --min-iou")
+    p.add_argument("--stage", default="rw_afa_label",
+                   help="the label that must cover each object (with --where)")
+    p.add_argument("--min-iou", type=float, default=0.8,
+                   help="per-class IoU each true class needs (with --where)")
+    p.add_argument("--list", action="store_true",
+                   help="print the qualifying images (with --where) and copy nothing")
 
     def run() -> int:
         args = p.parse_args(argv)
@@ -123,9 +165,26 @@ def main(argv: list[str] | None = None) -> int:
         if not root.is_dir():
             raise UserError(f"dataset folder not found: {root}")
         dataset = open_split(root, args.split)
+        allowed = None
+        if args.where:
+            from core.evaluate import read_results
+
+            try:
+                allowed = qualifying(read_results(args.where), args.stage, args.min_iou)
+            except (OSError, ValueError) as exc:
+                raise UserError(f"cannot read {args.where}: {exc}") from None
+        if args.list:
+            if allowed is None:
+                raise UserError("--list needs --where RESULTS")
+            for name, reason in allowed.items():
+                if not reason:
+                    labels = image_labels(dataset, dataset.names.index(name)) if name in dataset.names else []
+                    print(name, " ".join(labels))
+            print(f"{sum(not r for r in allowed.values())} of {len(allowed)} images qualify", file=sys.stderr)
+            return 0
         target = Path(args.subset or args.out or ROOT / "assets" / "examples")
         count = args.count or (100 if args.subset else 5)
-        indices = choose(dataset, args.names, count, args.seed)
+        indices = choose(dataset, args.names, count, args.seed, allowed)
         if args.clear and target.is_dir():
             keep = {"SOURCE.md"}
             for item in target.iterdir():

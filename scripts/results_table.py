@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for core
+from core.evaluate import read_results  # noqa: E402
 from core.method.metrics import ConfusionMatrix  # noqa: E402
 
 STAGES = ["cam_label", "par_label", "rw_mhsa_label", "rw_afa_label", "seg_label", "seg_crf_label"]
@@ -108,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.files:
         name, _, path = item.partition("=")
         path = path or name
-        with gzip.open(path, "rt") if path.endswith(".gz") else open(path) as fh:
-            loaded.append((name, json.load(fh)))
+        loaded.append((name, read_results(path)))
     draws_cache: dict[int, np.ndarray] = {}
 
     def draws_for(n: int) -> np.ndarray:

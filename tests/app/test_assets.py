@@ -73,3 +73,54 @@ def test_converted_official_voc_checkpoint_is_listed_and_analysed(real_env, monk
     names = [label.replace(" (not in labels)", "") for label, _ in views["cam_class"]["choices"]]
     assert names == list(VOC_CLASSES[1:])
     assert views["labels"]["choices"][0] in (("aeroplane", "aeroplane"), "aeroplane")
+
+
+def _entry(cls_f1, labels, ious):
+    return {"cls_f1": cls_f1, "labels": labels,
+            "stages": {"rw_afa_label": {"per_class": {"background": 0.99, **ious}}}}
+
+
+def test_examples_where_keeps_only_images_the_model_handles(tiny_dataset, tmp_path, capsys):
+    """--where: only images whose per-image result shows exact classes and every true class
+    covered by the stage (IoU >= --min-iou) are drawn, listed or accepted by name."""
+    import gzip
+
+    script = _script()
+    names = (tiny_dataset / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+    assert len(names) >= 4
+    good, wrong_classes, uncovered = names[0], names[1], names[2]
+    per_image = {
+        good: _entry(1.0, ["a", "b"], {"a": 0.8, "b": 0.95}),  # exactly at the bound: kept
+        wrong_classes: _entry(0.5, ["a"], {"a": 0.99}),
+        uncovered: _entry(1.0, ["a", "b"], {"a": 0.9, "b": 0.79}),
+    }  # names[3:] are absent from the results: never qualify
+    results = {"stages": {"rw_afa_label": {"miou": 0.5}}, "per_image": per_image}
+    allowed = script.qualifying(results, "rw_afa_label", 0.8)
+    assert allowed[good] is None
+    assert "exactly" in allowed[wrong_classes]
+    assert allowed[uncovered] == "rw_afa_label IoU below 0.8: b 0.79"
+    # a class missing from per_class counts as IoU 0
+    assert "c 0.00" in script.disqualification(_entry(1.0, ["c"], {}), "rw_afa_label", 0.8)
+
+    path = tmp_path / "r.per_image.json.gz"
+    with gzip.open(path, "wt") as fh:
+        json.dump(results, fh)
+    base = ["--data", str(tiny_dataset), "--where", str(path)]
+    assert script.main([*base, "--list"]) == 0
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.splitlines()] == [good] and "1 of 3 images qualify" in err
+    # drawing: only the qualifying image, however many are asked for and whatever the seed
+    for seed in (0, 1, 2):
+        out_dir = tmp_path / f"ex{seed}"
+        assert script.main([*base, "--count", "3", "--seed", str(seed), "--out", str(out_dir)]) == 0
+        written = list(out_dir.glob("*.json"))
+        assert len(written) == 1 and written[0].name.startswith(good + "_")
+    capsys.readouterr()
+    assert script.main([*base, "--names", good, uncovered, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert f"ruled out by --where: {uncovered} (rw_afa_label IoU below 0.8: b 0.79)" in err
+    assert script.main([*base, "--names", names[3], "--out", str(tmp_path / "x")]) == 2
+    assert "not in the results" in capsys.readouterr().err
+    assert script.main([*base, "--stage", "seg_label", "--list"]) == 2
+    assert "no stage seg_label" in capsys.readouterr().err
+    assert script.main(["--data", str(tiny_dataset), "--list"]) == 2
