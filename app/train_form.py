@@ -16,7 +16,7 @@ from pathlib import Path
 
 from app.runs import NAME_RE, ROOT
 from core import catalog
-from core.config import load_config
+from core.config import load_config, stretched_schedule
 from core.errors import UserError
 
 PUBLIC_ENCODERS = ("mit_b0", "resnet10t", "resnet18")
@@ -100,6 +100,10 @@ def build_overrides(form: TrainForm, public: bool, root: Path = ROOT) -> tuple[s
         f"train.save_every={max(1, min(250, iters // 4 or 1))}",
         f"train.log_every={max(1, min(20, iters // 50 or 1))}",
     ]
+    config = catalog.dataset_config(form.dataset)
+    if iters >= 1:  # the recipe's phases keep their shares of a run of another length (else _check says why)
+        schedule = stretched_schedule(load_config(config), iters)
+        overrides += [f"{key}={value}" for key, value in schedule.items()]
     if form.dataset == "scenes":  # the encoder pretrained offline for this backbone, when one is shipped
         shipped = Path("checkpoints") / f"encoder_{form.encoder}_fmnist.safetensors"
         overrides.append(f"model.pretrained={shipped if (root / shipped).is_file() else 'null'}")
@@ -107,7 +111,6 @@ def build_overrides(form: TrainForm, public: bool, root: Path = ROOT) -> tuple[s
         if any(c in form.data_root for c in "\n\r\0"):
             raise UserError("The data folder path contains control characters.")
         overrides.append(f"data.root={form.data_root.strip()}")
-    config = catalog.dataset_config(form.dataset)
     _check(config, overrides)
     return str(config), overrides, notes
 

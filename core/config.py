@@ -232,6 +232,20 @@ def get_by_path(cfg: dict, dotted: str) -> Any:
     return node
 
 
+SCHEDULE_KEYS = ("train.cam_iters", "train.aff_label_iters", "optim.warmup_iters")
+
+
+def stretched_schedule(cfg: dict, max_iters: int) -> dict[str, int]:
+    """The config's schedule (``SCHEDULE_KEYS``: classification alone, the start of the AFA labels,
+    the warm-up) for a run of ``max_iters`` iterations instead of ``train.max_iters``, each phase
+    keeping its share (the paper's 10 %, 30 % and 7.5 % of 20000): what a shorter or longer run of
+    a recipe sets so that, say, a 300-iteration run still trains its decoder."""
+    base = int(cfg["train"]["max_iters"])
+    if base <= 0 or max_iters <= 0:
+        raise ConfigError(f"a schedule stretches between positive lengths, got {base} and {max_iters}")
+    return {key: int(round(get_by_path(cfg, key) * max_iters / base)) for key in SCHEDULE_KEYS}
+
+
 def _check_integers(cfg: dict) -> None:
     """Every ``INTEGER_KEYS`` value is an int (or null); integer-valued floats become ints."""
     for dotted in INTEGER_KEYS:

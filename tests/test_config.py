@@ -120,3 +120,17 @@ def test_integer_keys_take_integer_valued_numbers_as_ints(tmp_path):
     assert cfg["train"]["max_iters"] == 30 and isinstance(cfg["train"]["max_iters"], int)
     assert cfg["train"]["eval_limit"] is None
     assert isinstance(load_config(None, ["optim.lr=1"])["optim"]["lr"], float)  # float keys stay floats
+
+
+def test_stretched_schedule_keeps_each_phase_share():
+    from core.config import stretched_schedule
+
+    paper = load_config(None)  # 20000 iterations: classification alone 2000, AFA labels 6000, warm-up 1500
+    assert stretched_schedule(paper, 1000) == {
+        "train.cam_iters": 100, "train.aff_label_iters": 300, "optim.warmup_iters": 75}
+    assert stretched_schedule(paper, 20000) == {
+        "train.cam_iters": 2000, "train.aff_label_iters": 6000, "optim.warmup_iters": 1500}
+    assert stretched_schedule(paper, 30) == {  # 3, 9, 2.25 -> 2
+        "train.cam_iters": 3, "train.aff_label_iters": 9, "optim.warmup_iters": 2}
+    with pytest.raises(ConfigError):
+        stretched_schedule(paper, 0)

@@ -90,3 +90,23 @@ def test_run_names():
     assert F.new_run_name(F.TrainForm()).startswith("mit_b0-")
     with pytest.raises(UserError, match="run name"):
         F.new_run_name(F.TrainForm(name="../../etc"))
+
+
+def test_a_run_of_another_length_keeps_the_recipes_phase_shares(root):
+    """The recipe's classification-only phase, AFA-label start and warm-up scale with the form's
+    length (a short public run must still train its decoder: cam_iters below max_iters)."""
+    recipe = load_config(catalog.dataset_config("scenes"))
+    base = recipe["train"]["max_iters"]
+    for iters in (300, base, 2 * base):
+        config, args, _ = overrides(F.TrainForm(iters=iters), root)
+        cfg = load_config(config, args)
+        t = cfg["train"]
+        assert t["max_iters"] == iters
+        for key, part in (("cam_iters", recipe["train"]["cam_iters"]),
+                          ("aff_label_iters", recipe["train"]["aff_label_iters"])):
+            assert abs(t[key] / iters - part / base) <= 0.5 / iters  # the same share, rounded
+        warmup = recipe["optim"]["warmup_iters"]
+        assert abs(cfg["optim"]["warmup_iters"] / iters - warmup / base) <= 0.5 / iters
+        assert 0 < t["cam_iters"] < t["aff_label_iters"] < iters
+    _, args, _ = overrides(F.TrainForm(iters=base), root)
+    assert f"train.cam_iters={recipe['train']['cam_iters']}" in args  # the recipe's own length: unchanged
