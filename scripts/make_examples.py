@@ -170,16 +170,16 @@ def main(argv: list[str] | None = None) -> int:
             from core.evaluate import read_results
 
             try:
-                allowed = qualifying(read_results(args.where), args.stage, args.min_iou)
+                results = read_results(args.where)
             except (OSError, ValueError) as exc:
                 raise UserError(f"cannot read {args.where}: {exc}") from None
+            allowed = qualifying(results, args.stage, args.min_iou)
         if args.list:
             if allowed is None:
                 raise UserError("--list needs --where RESULTS")
             for name, reason in allowed.items():
-                if not reason:
-                    labels = image_labels(dataset, dataset.names.index(name)) if name in dataset.names else []
-                    print(name, " ".join(labels))
+                if not reason:  # the true labels the results hold (no mask read again)
+                    print(name, " ".join(results["per_image"][name]["labels"]))
             print(f"{sum(not r for r in allowed.values())} of {len(allowed)} images qualify", file=sys.stderr)
             return 0
         target = Path(args.subset or args.out or ROOT / "assets" / "examples")
