@@ -67,9 +67,15 @@ def existing_file(
 
 def run_cli(main: Callable[[], int | None], prog: str) -> int:
     """Run a CLI's ``main``: a ``UserError`` becomes ``prog: error: MESSAGE`` and exit code 2;
-    anything else propagates with its traceback (a bug must stay visible)."""
+    anything else propagates with its traceback (a bug must stay visible). A reader that closes
+    the output early (``... | head``) ends the command quietly with exit code 1, as Python's own
+    documentation advises, instead of a ``BrokenPipeError`` traceback."""
     try:
         return int(main() or 0)
     except UserError as exc:
         print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # stdout's pipe is gone: point it at /dev/null so the interpreter's final flush is silent
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

@@ -64,3 +64,23 @@ def test_one_line_keeps_the_message_of_an_error_raised_in_a_data_worker():
     assert "Traceback" in str(info.value)  # torch puts the worker's traceback into the message
     assert one_line(info.value) == "the image broken_0.jpg is truncated"
     assert one_line(UserError("x" * 500)).endswith("...") and len(one_line(UserError("x" * 500))) == 400
+
+
+def test_run_cli_ends_quietly_when_the_reader_closes_the_pipe():
+    """``python scripts/... --list | head``: the reader goes away mid-output; the command ends with
+    exit code 1 and nothing on stderr, not a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("from core.errors import run_cli\n"
+            "def main():\n"
+            "    for i in range(200000):\n"
+            "        print('line', i)\n"
+            "raise SystemExit(run_cli(main, 'prog'))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert proc.stdout.read(20).startswith(b"line 0")
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1 and "Traceback" not in err, err
