@@ -70,18 +70,10 @@ def test_oracle_walk_spreads_a_partial_cam_over_its_object_only():
     mean 0.54 > 0.5), so the object, and nothing else, is labelled; a CAM on one token only
     (mean class probability 0.40) is drained by the background."""
     sweep = load_script("threshold_sweep")
-    cfg = dense_settings(load_config(None, ["affinity.radius=4"]))  # the paper's background score 0.45
-    image = np.full((128, 128, 3), 40, np.uint8)
-    image[32:96, 32:96] = (200, 120, 60)
-    gt = np.zeros((128, 128), np.int64)
-    gt[32:96, 32:96] = 1
+    cfg, gt, analysis = _case()
 
     def label_for(token_values):
-        cam = np.zeros((1, 128, 128), np.float32)
-        for (ty, tx), v in token_values.items():
-            cam[0, ty * 16:(ty + 1) * 16, tx * 16:(tx + 1) * 16] = v
-        a = SimpleNamespace(image=image, cam=cam, present=np.array([1]), grid=(8, 8))
-        return sweep.oracle_label(a, gt, cfg)
+        return sweep.oracle_label(analysis(token_values), gt, cfg)
 
     full = label_for({(y, x): 1.0 if (y, x) == (3, 3) else 0.6 for y in range(2, 6) for x in range(2, 6)})
     iou = ((full == 1) & (gt == 1)).sum() / ((full == 1) | (gt == 1)).sum()
