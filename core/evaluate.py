@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from core import distributed as ddp
-from core.errors import ArgumentParser, UserError, run_cli
+from core.errors import ArgumentParser, UserError, one_line, run_cli
 from core.method.metrics import ConfusionMatrix, multilabel_f1
 from core.precision import PRECISIONS, resolve_precision
 
@@ -231,13 +231,17 @@ def headline_miou(miou: Any) -> tuple[str, float] | None:
 
 def read_results(path: str | Path) -> dict[str, Any]:
     """An evaluation written by ``python -m core.evaluate --out`` (``.json``, or ``.json.gz`` as
-    ``docs/results/`` keeps the per-image ones)."""
+    ``docs/results/`` keeps the per-image ones). A file that is missing or not such JSON is a
+    ``UserError`` naming it."""
     import gzip
     import json
 
     path = Path(path)
-    with gzip.open(path, "rt") if path.suffix == ".gz" else open(path) as fh:
-        return json.load(fh)
+    try:
+        with gzip.open(path, "rt") if path.suffix == ".gz" else open(path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError) as exc:  # missing, unreadable, not gzip, not JSON
+        raise UserError(f"cannot read the evaluation results {path}: {one_line(exc)}") from None
 
 
 EVALUATION_SUFFIX = ".eval.json"  # NAME.eval.json beside NAME.safetensors: its published evaluation

@@ -169,10 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.where:
             from core.evaluate import read_results
 
-            try:
-                results = read_results(args.where)
-            except (OSError, ValueError) as exc:
-                raise UserError(f"cannot read {args.where}: {exc}") from None
+            results = read_results(args.where)
             allowed = qualifying(results, args.stage, args.min_iou)
         if args.list:
             if allowed is None:

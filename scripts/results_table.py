@@ -17,7 +17,6 @@ pixels labelled as a class (false positive), and pixels left without a class.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for core
+from core.errors import ArgumentParser, run_cli  # noqa: E402
 from core.evaluate import read_results  # noqa: E402
 from core.method.metrics import ConfusionMatrix  # noqa: E402
 
@@ -75,7 +75,7 @@ def print_errors(loaded: list[tuple[str, dict]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python scripts/results_table.py", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python scripts/results_table.py", description=__doc__.split("\n")[0])
     p.add_argument("files", nargs="+", metavar="NAME=FILE.json")
     p.add_argument("--bootstrap", type=int, default=0, help="replicates for 95 %% intervals (0: none)")
     p.add_argument(
@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.split:
         full, summary = args.files
-        with open(full) as fh:
-            data = json.load(fh)
+        data = read_results(full)
         with open(summary, "w") as fh:
             json.dump({k: v for k, v in data.items() if k != "per_image"}, fh, indent=2)
         with gzip.open(full + ".gz", "wt") as fh:
@@ -160,4 +159,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main, "scripts/results_table.py"))

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tests.scripts import load_script
 
 
@@ -21,3 +23,22 @@ def test_error_table_sums_the_images_then_splits_by_kind(tmp_path, capsys):
     cells = [c.strip() for c in rows[-1].strip("|").split("|")]
     expected = [100 * 4 / 19, 100 * 1 / 19, 100 * 2 / 16, 100 * 5 / 35]
     assert cells[2:] == [f"{v:.1f}" for v in expected]
+
+
+@pytest.mark.parametrize("content", [None, b"not json", b"\x1f\x8b broken gzip"],
+                         ids=["missing", "text", "gzip"])
+def test_unreadable_results_are_one_line_with_exit_2(tmp_path, content):
+    """A results file that is missing, not JSON or a broken .gz: one line naming it, exit code 2,
+    no traceback (``core.evaluate.read_results``, which make_examples --where reads with too)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    path = tmp_path / ("r.json.gz" if content and content.startswith(b"\x1f") else "r.json")
+    if content is not None:
+        path.write_bytes(content)
+    proc = subprocess.run([sys.executable, str(repo / "scripts" / "results_table.py"), f"M={path}"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and str(path) in proc.stderr and "Traceback" not in proc.stderr
