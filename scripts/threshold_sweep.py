@@ -84,8 +84,7 @@ def grid_truth_label(analysis, gt: np.ndarray, cfg: dict) -> np.ndarray:
     upsampled and refined by PAR exactly as the walk's scores are (the grid's ceiling)."""
     import torch
 
-    from core.method.labels import shared_par_kernel
-    from core.method.pseudo import labels_from_background_runs
+    from core.method.labels import label_from_scores, shared_par_kernel
 
     raw, cam, cls_label = _inputs(analysis)
     tokens = _grid_truth(analysis, gt).long()
@@ -94,13 +93,7 @@ def grid_truth_label(analysis, gt: np.ndarray, cfg: dict) -> np.ndarray:
     known = tokens < c  # ignore tokens (255) get no score: background wins the argmax there
     scores[0, tokens[known], known.nonzero()[:, 0]] = 1.0
     scores = scores.reshape(1, c, *analysis.grid)
-    p = cfg["par"]
-    label = labels_from_background_runs(
-        raw, scores, scores, cls_label, dilations=p["dilations"], iters=p["iters"], w1=p["w1"],
-        w2=p["w2"], downscale=p["downscale"], ignore_index=cfg["data"]["ignore_index"],
-        kernel=shared_par_kernel(raw, cfg),
-    )
-    return label[0].numpy()
+    return label_from_scores(raw, scores, scores, cls_label, cfg, shared_par_kernel(raw, cfg))[0].numpy()
 
 
 def sweep(checkpoint: str, data: str, split: str, limit: int, scores: list[float],

@@ -84,6 +84,20 @@ def propagated_label(
 ) -> Tensor:
     """``propagated_scores`` refined by PAR and combined as the refined label: ``(B, H, W)``."""
     probs_high, probs_low = propagated_scores(cam, cls_label, aff, grid, cfg)
+    return label_from_scores(raw, probs_high, probs_low, cls_label, cfg, kernel, valid=valid)
+
+
+def label_from_scores(
+    raw: Tensor,
+    probs_high: Tensor,
+    probs_low: Tensor,
+    cls_label: Tensor,
+    cfg: dict,
+    kernel: Tensor,
+    valid: Tensor | None = None,
+) -> Tensor:
+    """Score maps ``[background, classes]`` at any resolution (a walk's output on the token grid)
+    refined by PAR with ``cfg``'s settings and combined as the refined label: ``(B, H, W)``."""
     return labels_from_background_runs(
         raw,
         probs_high,
