@@ -146,7 +146,11 @@ def layout(C: dict, public: bool) -> None:
 
 
 def totals_markdown(ev: Any) -> str:
-    """The dataset's mIoU per stage and the gains between them (points), as a table."""
+    """The dataset's mIoU per stage, where each stage goes wrong (core's kinds of error, as shares
+    of the pixels each can occur in; a kind no stage makes is left out, e.g. unlabelled pixels,
+    which the dense evaluation never produces) and the gains between stages (points), as a table."""
+    from core.method.metrics import ERROR_KINDS, ERROR_SHARE_OF
+
     totals = ev.totals()
     head = "| | " + " | ".join(STAGE_COLUMNS[s] for s in ev.stages) + " |"
     rule = "| --- |" + " ---: |" * len(ev.stages)
@@ -156,6 +160,11 @@ def totals_markdown(ev: Any) -> str:
 
     miou = "| mIoU | " + " | ".join(pct(totals[s]["miou"]) for s in ev.stages) + " |"
     acc = "| pixel accuracy | " + " | ".join(pct(totals[s]["pixel_accuracy"]) for s in ev.stages) + " |"
+    errors = []
+    for code, of in ERROR_SHARE_OF.items():
+        shares = [totals[s]["errors"][ERROR_KINDS[code]] for s in ev.stages]
+        if any(shares):
+            errors.append(f"| {ERROR_KINDS[code]} (% of {of}) | " + " | ".join(pct(v) for v in shares) + " |")
     gains = []
     for column, plus, minus in GAINS:
         if plus in totals and minus in totals and None not in (totals[plus]["miou"], totals[minus]["miou"]):
@@ -163,7 +172,7 @@ def totals_markdown(ev: Any) -> str:
     f1 = np.nanmean(ev.cls_f1[: ev.done]) if ev.done else np.nan
     tail = f"Dataset gains: {' · '.join(gains)}. " if gains else ""
     tail += f"Classification F1 {f1:.3f}." if np.isfinite(f1) else ""
-    return "\n".join([head, rule, miou, acc]) + "\n\n" + tail
+    return "\n".join([head, rule, miou, acc, *errors]) + "\n\n" + tail
 
 
 def status_markdown(ev: Any) -> str:

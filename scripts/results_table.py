@@ -11,8 +11,9 @@ the drawn images are summed, so each replicate is a dataset mIoU computed as the
 ``--gain A-B`` prints, per file, the difference of two stages with its paired interval (the same
 resampled images for both stages): a gain whose interval excludes 0 is not noise. ``--errors``
 splits each stage's wrong pixels by kind (``core.method.metrics.ERROR_KINDS``, summed over the
-images): item pixels labelled background (missed) or as another class (wrong class), background
-pixels labelled as a class (false positive), and pixels left without a class.
+images), each a share of the pixels it can occur in: background pixels labelled as a class (false
+positive), item pixels labelled background (false negative, missed) or as another class (wrong
+class), and pixels left without a class (unlabelled).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for core
 from core.errors import ArgumentParser, run_cli  # noqa: E402
 from core.evaluate import read_results  # noqa: E402
-from core.method.metrics import ConfusionMatrix  # noqa: E402
+from core.method.metrics import ERROR_KINDS, ERROR_SHARE_OF, ConfusionMatrix  # noqa: E402
 
 STAGES = ["cam_label", "par_label", "rw_mhsa_label", "rw_afa_label", "seg_label", "seg_crf_label"]
 
@@ -54,24 +55,19 @@ def bootstrap(counts: tuple[np.ndarray, np.ndarray], draws: np.ndarray) -> np.nd
 
 
 def print_errors(loaded: list[tuple[str, dict]]) -> None:
-    """Per file and stage (with per-image results): the shares of item pixels missed (labelled
-    background) and given the wrong class, of background pixels labelled as a class, and of all
-    pixels left without a class, from the summed confusion matrices."""
-    print("\n| model | stage | missed (% of item px) | wrong class (% of item px) "
-          "| false positive (% of background px) | no class (% of px) |")
-    print("|---" * 6 + "|")
+    """Per file and stage (with per-image results): the kinds of error as shares of the pixels
+    they can occur in (``ConfusionMatrix.error_shares``), from the summed confusion matrices."""
+    kinds = [f"{ERROR_KINDS[k]} (% of {of})" for k, of in ERROR_SHARE_OF.items()]
+    print("\n| model | stage | " + " | ".join(kinds) + " |")
+    print("|---" * (2 + len(ERROR_SHARE_OF)) + "|")
     for name, data in loaded:
         for stage in STAGES:
             counts = per_image_counts(data, stage)
             if counts is None:
                 continue
-            cm = ConfusionMatrix.from_counts(counts[0].sum(0), counts[1].sum(0))
-            kinds = cm.error_counts()
-            items = max(int(cm.matrix[1:].sum() + cm.unpredicted[1:].sum()), 1)
-            background = max(int(cm.matrix[0].sum() + cm.unpredicted[0]), 1)
-            total = max(int(cm.matrix.sum() + cm.unpredicted.sum()), 1)
-            print(f"| {name} | {stage} | {100 * kinds[2] / items:.1f} | {100 * kinds[3] / items:.1f} "
-                  f"| {100 * kinds[1] / background:.1f} | {100 * kinds[4] / total:.1f} |")
+            shares = ConfusionMatrix.from_counts(counts[0].sum(0), counts[1].sum(0)).error_shares()
+            cells = " | ".join("-" if v is None else f"{100 * v:.1f}" for v in shares.values())
+            print(f"| {name} | {stage} | {cells} |")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ def test_error_table_sums_the_images_then_splits_by_kind(tmp_path, capsys):
     assert load_script("results_table").main(["--errors", f"M={path}"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| M | seg_label")]
     cells = [c.strip() for c in rows[-1].strip("|").split("|")]
-    expected = [100 * 4 / 19, 100 * 1 / 19, 100 * 2 / 16, 100 * 5 / 35]
+    expected = [100 * 2 / 16, 100 * 4 / 19, 100 * 1 / 19, 100 * 5 / 35]  # FP, FN, wrong class, unlabelled
     assert cells[2:] == [f"{v:.1f}" for v in expected]
 
 

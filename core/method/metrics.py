@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ERROR_KINDS", "ConfusionMatrix", "error_map", "multilabel_f1"]
+__all__ = ["ERROR_KINDS", "ERROR_SHARE_OF", "ConfusionMatrix", "error_map", "multilabel_f1"]
 
 # codes of ``error_map``: what went wrong at a pixel (0 = nothing)
 ERROR_KINDS = {
@@ -17,6 +17,8 @@ ERROR_KINDS = {
     3: "wrong class",  # true foreground predicted as another foreground class
     4: "unlabelled",  # the prediction is not a class id (e.g. 255 in a training label)
 }
+# the pixels each kind of error can occur in: its share is counted against them (error_shares)
+ERROR_SHARE_OF = {1: "background pixels", 2: "item pixels", 3: "item pixels", 4: "pixels"}
 
 
 def _to_numpy(array: Any) -> np.ndarray:
@@ -121,6 +123,22 @@ class ConfusionMatrix:
             4: int(self.unpredicted.sum()),
         }
 
+    def error_shares(self) -> dict[str, float | None]:
+        """The kinds of error of ``error_counts`` as shares of the pixels they can occur in
+        (``ERROR_SHARE_OF``), keyed by their ``ERROR_KINDS`` name: false positives of the true
+        background pixels, false negatives and wrong classes of the true item pixels, unlabelled of
+        all pixels. None where there are no such pixels."""
+        counts, m, missed = self.error_counts(), self.matrix, self.unpredicted
+        pixels = {
+            "background pixels": int(m[0].sum() + missed[0]),
+            "item pixels": int(m[1:].sum() + missed[1:].sum()),
+            "pixels": int(m.sum() + missed.sum()),
+        }
+        return {
+            ERROR_KINDS[kind]: counts[kind] / pixels[of] if pixels[of] else None
+            for kind, of in ERROR_SHARE_OF.items()
+        }
+
     def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         """Add the counts of ``other`` (same classes) into this matrix in place; returns self."""
         if other.num_classes != self.num_classes:
@@ -153,8 +171,9 @@ class ConfusionMatrix:
         return self
 
     def as_dict(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
-        """``{"miou", "pixel_accuracy", "per_class": {name: iou}}`` with plain floats (NaN -> None,
-        so the result is valid JSON). Without names the classes are keyed by their id."""
+        """``{"miou", "pixel_accuracy", "per_class": {name: iou}, "errors": error_shares()}`` with
+        plain floats (NaN -> None, so the result is valid JSON). Without names the classes are keyed
+        by their id."""
         names = list(class_names) if class_names is not None else [str(i) for i in range(self.num_classes)]
         if len(names) != self.num_classes:
             raise ValueError(f"{len(names)} class names for {self.num_classes} classes")
@@ -166,6 +185,7 @@ class ConfusionMatrix:
             "miou": plain(self.miou()),
             "pixel_accuracy": plain(self.pixel_accuracy()),
             "per_class": {name: plain(v) for name, v in zip(names, self.iou())},
+            "errors": self.error_shares(),
         }
 
 

@@ -63,6 +63,18 @@ def test_dataset_numbers_are_core_evaluates(real_env, tiny_dataset):
         assert totals[stage] == expected, stage  # the same confusion matrices, summed: equal floats
         miou = expected["miou"]
         assert f"{100 * miou:.1f}" in views["ds_totals"]
+    # the error rows are core's shares of the same matrices, stage by stage, in the header's order
+    rows = {cells[0]: cells[1:] for cells in (
+        [c.strip() for c in line.strip("|").split("|")] for line in views["ds_totals"].splitlines()
+        if line.startswith("|"))}
+    columns = [dataset_view.STAGE_COLUMNS[s] for s in ev.stages]
+    assert rows[""] == columns
+    kinds = [k for k in ("false positive", "false negative", "wrong class") if any(
+        result["stages"][s]["errors"][k] for s in ev.stages)]
+    assert kinds, "a random model errs: the comparison is not vacuous"
+    for kind in kinds:
+        label = next(r for r in rows if r.startswith(kind + " (% of"))
+        assert rows[label] == [f"{100 * result['stages'][s]['errors'][kind]:.1f}" for s in ev.stages]
     for i, name in enumerate(ev.names):  # and image by image
         for stage, entry in result["per_image"][name]["stages"].items():
             assert ev.miou[stage][i] == pytest.approx(entry["miou"], nan_ok=True)

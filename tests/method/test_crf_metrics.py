@@ -174,6 +174,19 @@ def test_error_counts_match_the_error_map_pixel_by_pixel():
     assert min(cm.error_counts().values()) > 0  # every kind occurs: the comparison is not vacuous
 
 
+def test_error_shares_are_counted_against_the_pixels_each_kind_can_occur_in():
+    # classes background, a, b: true background 16 pixels (2 labelled a); true items 19 (a: 4 given
+    # classes, 1 of them background and 1 b, plus 5 given no class; b: 10, 3 of them background)
+    cm = ConfusionMatrix.from_counts([[14, 2, 0], [1, 2, 1], [3, 0, 7]], [0, 5, 0])
+    shares = cm.error_shares()
+    assert shares == pytest.approx({"false positive": 2 / 16, "false negative": 4 / 19,
+                                    "wrong class": 1 / 19, "unlabelled": 5 / 35})
+    assert cm.as_dict()["errors"] == shares
+    # no background in the truth: its share is undefined, not 0; an empty matrix has none at all
+    assert ConfusionMatrix.from_counts([[0, 0], [1, 3]]).error_shares()["false positive"] is None
+    assert set(ConfusionMatrix(3).error_shares().values()) == {None}
+
+
 def test_multilabel_f1_per_image_mean():
     pred = np.array([[1, 0, 1], [0, 0, 0], [0, 1, 0]])
     target = np.array([[1, 1, 0], [0, 0, 0], [1, 0, 0]])
