@@ -63,8 +63,10 @@ evaluate() {  # evaluate CHECKPOINT NAME SUMMARY.json [extra args]
   local full="docs/results/$name.per_image.json"
   # done when both results exist and are newer than the checkpoint (a retrained model is redone)
   [[ -f "$full.gz" && -f "$summary" && "$summary" -nt "$ckpt" && "$full.gz" -nt "$ckpt" ]] && return
+  local start; start=$(date +%s)
   $PY -m core.evaluate --checkpoint "$ckpt" --data data/scenes --split val --per-image --out "$full" "$@"
   $PY scripts/results_table.py --split "$full" "$summary"
+  echo "[$(date +%T)] $name: evaluated in $(( ($(date +%s) - start) / 60 )) min"
 }
 ship() {  # ship NAME: the run's checkpoint, fp16, into checkpoints/NAME_scenes.safetensors; evaluated with the CRF
   local name=$1 out="checkpoints/$1_scenes.safetensors"
