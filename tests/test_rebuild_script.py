@@ -1,0 +1,168 @@
+"""scripts/make_default_checkpoints.sh, the orchestration alone: a stand-in Python records every
+call and makes the files the real commands would, so the test checks what the rebuild runs, in
+which order and on how many threads, that a second rebuild redoes nothing, that an unfinished run
+is resumed, and that a failing run fails the rebuild."""
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+FAKE = textwrap.dedent(
+    """\
+    #!{python}
+    import json, os, sys
+    from pathlib import Path
+
+    args = sys.argv[1:]
+    with open(os.environ["FAKE_LOG"], "a") as log:
+        log.write(json.dumps([os.environ.get("OMP_NUM_THREADS"), args]) + "\\n")
+
+    def after(flag):
+        return Path(args[args.index(flag) + 1])
+
+    def touch(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+
+    if args[:2] == ["-m", "core.data.scenes"]:
+        touch(after("--out") / "meta.json")
+    elif args[:2] == ["-m", "core.train"]:
+        run = after("--resume") if "--resume" in args else after("--run-dir")
+        if run.name == os.environ.get("FAKE_FAIL"):
+            sys.exit(1)
+        touch(run / "checkpoint.safetensors")
+        (run / "status.json").write_text(json.dumps({{"state": "finished"}}))
+    elif args[:3] == ["-m", "core.convert", "export"]:
+        touch(Path(args[4]))
+    elif args[:2] == ["-m", "core.evaluate"]:
+        touch(after("--out"))
+    elif args[:2] == ["scripts/results_table.py", "--split"]:
+        touch(Path(args[2] + ".gz"))
+        touch(Path(args[3]))
+    """
+)
+
+MODELS = ("afa_mit_b0", "supervised_mit_b0", "cnn_cam_resnet10t")
+ABLATION = ("abl_baseline", "abl_par", "abl_afa", "abl_reg")
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """A copy of the scripts with the shipped encoders (so no pretraining unless asked)."""
+    root = tmp_path / "repo"
+    (root / "scripts").mkdir(parents=True)
+    for name in ("make_default_checkpoints.sh", "train_or_resume.sh"):
+        shutil.copy(REPO / "scripts" / name, root / "scripts" / name)
+    (root / "checkpoints").mkdir()
+    for encoder in ("encoder_mit_b0_fmnist", "encoder_resnet10t_fmnist"):
+        (root / "checkpoints" / f"{encoder}.safetensors").write_text("x")
+    fake = tmp_path / "python"
+    fake.write_text(FAKE.format(python=sys.executable))
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    return root
+
+
+def rebuild(root: Path, **env) -> tuple[int, list]:
+    log = root.parent / "calls.jsonl"
+    log.unlink(missing_ok=True)
+    environ = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    environ.update(PYTHON=str(root.parent / "python"), FAKE_LOG=str(log), **env)
+    done = subprocess.run(["bash", "scripts/make_default_checkpoints.sh"], cwd=root, env=environ,
+                          capture_output=True, text=True, timeout=120)
+    calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return done.returncode, calls
+
+
+def trained(calls) -> list[str]:
+    """The run folders trained or resumed, in call order."""
+    out = []
+    for _, args in calls:
+        if args[:2] == ["-m", "core.train"]:
+            flag = "--resume" if "--resume" in args else "--run-dir"
+            out.append(Path(args[args.index(flag) + 1]).name)
+    return out
+
+
+def evaluated(calls) -> list[str]:
+    """The checkpoints evaluated, in call order."""
+    return [args[args.index("--checkpoint") + 1] for _, args in calls if args[:2] == ["-m", "core.evaluate"]]
+
+
+def test_a_fresh_rebuild_trains_exports_and_evaluates_everything_once_on_one_thread_each(tree):
+    code, calls = rebuild(tree)
+    assert code == 0
+    runs = trained(calls)
+    assert sorted(runs) == sorted(MODELS + ABLATION)  # each once, no pretraining (encoders shipped)
+    # the two chains: their order within each chain is the script's
+    chain_a = [r for r in runs if r in ("afa_mit_b0", "supervised_mit_b0", "abl_baseline")]
+    chain_b = [r for r in runs if r in ("abl_reg", "abl_afa", "abl_par", "cnn_cam_resnet10t")]
+    assert chain_a == ["afa_mit_b0", "supervised_mit_b0", "abl_baseline"]
+    assert chain_b == ["abl_reg", "abl_afa", "abl_par", "cnn_cam_resnet10t"]
+    assert {threads for threads, args in calls if args[:2] == ["-m", "core.train"]} == {"1"}
+    # the benchmark with the generator's defaults, first
+    assert calls[0][1] == ["-m", "core.data.scenes", "--out", "data/scenes", "--workers", "2"]
+    exported = [args[4] for _, args in calls if args[:3] == ["-m", "core.convert", "export"]]
+    assert sorted(exported) == sorted(f"checkpoints/{m}_scenes.safetensors" for m in MODELS)
+    assert sorted(evaluated(calls)) == sorted([f"checkpoints/{m}_scenes.safetensors" for m in MODELS]
+                                       + [f"runs/{a}/checkpoint.safetensors" for a in ABLATION])
+    for _, args in calls:  # the shipped models with the CRF, the ablation rows without
+        if args[:2] == ["-m", "core.evaluate"]:
+            assert ("--crf" in args) == args[args.index("--checkpoint") + 1].startswith("checkpoints/")
+    # each model is evaluated as soon as its run ends, before its chain's next run starts
+    def position(kind, name):
+        for i, (_, args) in enumerate(calls):
+            if kind == "evaluate" and evaluated([(None, args)]) and name in evaluated([(None, args)])[0]:
+                return i
+            if kind == "train" and trained([(None, args)]) == [name]:
+                return i
+        raise AssertionError(f"no {kind} of {name}")
+
+    assert position("evaluate", "afa_mit_b0") < position("train", "supervised_mit_b0")
+    assert position("evaluate", "abl_reg") < position("train", "abl_afa")
+    for name in MODELS:
+        assert (tree / "checkpoints" / f"{name}_scenes.eval.json").exists()
+    assert (tree / "docs" / "results" / "abl_reg.per_image.json.gz").exists()
+
+
+def test_a_second_rebuild_redoes_nothing_and_an_unfinished_run_is_resumed(tree):
+    assert rebuild(tree)[0] == 0
+    code, calls = rebuild(tree)
+    assert code == 0
+    tables = ["scripts/results_table.py", "--bootstrap"]
+    assert [args[:2] for _, args in calls] == [tables, tables]  # the README's tables, nothing else
+    # a run stopped half way (its state saved, not finished) and a newer checkpoint than the export
+    run = tree / "runs" / "abl_par"
+    (run / "status.json").write_text('{"state": "stopped"}')
+    (run / "train_state.safetensors").write_text("x")
+    code, calls = rebuild(tree)
+    assert code == 0
+    assert trained(calls) == ["abl_par"]
+    resumed = next(args for _, args in calls if args[:2] == ["-m", "core.train"])
+    assert resumed == ["-m", "core.train", "--resume", "runs/abl_par"]
+    assert evaluated(calls) == ["runs/abl_par/checkpoint.safetensors"]  # its results are redone, no others
+
+
+def test_a_redone_pretraining_runs_first_on_both_threads(tree):
+    code, calls = rebuild(tree, REBUILD_PRETRAIN="1")
+    assert code == 0
+    runs = trained(calls)
+    assert runs[:3] == ["pretrain_mit_b0", "pretrain_tiles_mit_b0", "pretrain_resnet10t"]
+    assert sorted(runs[3:]) == sorted(MODELS + ABLATION)
+    threads = {Path(a[a.index("--run-dir") + 1]).name: t for t, a in calls if a[:2] == ["-m", "core.train"]}
+    assert {threads[r] for r in runs[:3]} == {"2"} and {threads[r] for r in runs[3:]} == {"1"}
+
+
+def test_a_failing_run_fails_the_rebuild(tree):
+    code, calls = rebuild(tree, FAKE_FAIL="abl_afa")
+    assert code != 0
+    assert "abl_par" not in trained(calls)  # the chain stopped at the failure
+    assert not any(args[:2] == ["scripts/results_table.py", "--bootstrap"] for _, args in calls)
