@@ -33,10 +33,10 @@ both() {  # run two commands in parallel; fail if either fails
 # 2. The stand-in for ImageNet pretraining (ten Fashion-MNIST classes, single items drawn as the
 #    benchmark draws them, plain and camouflaged; see the configs).
 pretrain_mit() {
-  [[ -f data/scenes_single96_mixed/meta.json ]] || $PY -m core.data.scenes --out data/scenes_single96_mixed \
+  [[ -f data/scenes_single96_mixed/meta.json ]] || $PY -m core.data.scenes --out data/scenes_single96_mixed --workers 2 \
       --seed 11 --train 30000 --val 600 --size 96 --min-objects 1 --max-objects 1 --scale-min 1.6 --scale-max 2.6 \
       --classes fashion10 --camouflage 0.5
-  [[ -f data/scenes_single96_mixed_bg/meta.json ]] || $PY -m core.data.scenes --out data/scenes_single96_mixed_bg \
+  [[ -f data/scenes_single96_mixed_bg/meta.json ]] || $PY -m core.data.scenes --out data/scenes_single96_mixed_bg --workers 2 \
       --seed 13 --train 20000 --val 600 --size 96 --min-objects 0 --max-objects 1 --scale-min 1.6 --scale-max 2.6 \
       --classes fashion10 --camouflage 0.5
   train pretrain_mit_b0 core/configs/scenes_pretrain.yaml
@@ -48,7 +48,7 @@ pretrain_mit() {
       checkpoints/encoder_mit_b0_fmnist.safetensors --fp16 --encoder-only
 }
 pretrain_cnn() {
-  [[ -f data/single64_easy/meta.json ]] || $PY -m core.data.scenes --out data/single64_easy --seed 2 \
+  [[ -f data/single64_easy/meta.json ]] || $PY -m core.data.scenes --out data/single64_easy --workers 2 --seed 2 \
       --train 30000 --val 600 --size 64 --min-objects 1 --max-objects 1 --scale-min 1.4 --scale-max 1.75 \
       --clutter 0 --texture 0 --classes fashion10 --camouflage 0
   train pretrain_resnet10t core/configs/scenes_pretrain_cnn.yaml
