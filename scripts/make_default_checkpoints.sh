@@ -8,10 +8,10 @@
 #
 # Usage: bash scripts/make_default_checkpoints.sh [RUNS_DIR]      (default: runs/)
 # Env:   PYTHON (default python), REBUILD_PRETRAIN=1 to redo the offline pretraining even though
-#        its encoders ship in checkpoints/ (about 50 min more on 2 cores: the MiT stages took 47 min
-#        on 2 threads). The whole rebuild, estimated from its parts measured on a 2-core EPYC:
-#        about 1 h 50 min, 2 h 45 min with pretraining (a 2-core Xeon seen later ran AFA steps
-#        2.3x slower: 1.9-2.2 s instead of 0.83 s per step).
+#        its encoders ship in checkpoints/. Measured on the 2-core EPYC (2026-12-05): the rebuild
+#        without pretraining 1 h 57 min end to end (from an empty runs/); the pretraining's parts
+#        alone on 2 threads: data 1.3 min, MiT stages 47 min, CNN 8 min; so about 2 h 55 min with it
+#        (a 2-core Xeon seen earlier ran AFA steps 2.3x slower: it would need about 4 h without).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -99,8 +99,8 @@ run_afa_reg() { train abl_reg core/configs/scenes.yaml "${ABLATION[@]}"; evaluat
 
 # The schedule: two chains, one thread each (on 2 cores that is faster than one run on two
 # threads), balanced by the times measured on the 2-core EPYC (minutes on one thread, training +
-# evaluation): AFA 60+5, supervised 28+5, baseline 20+3 | +L_reg 32+3, +AFA 30+3, +PAR 24+3,
-# CNN 16+4. The pretraining, when redone, comes first and alone, on both chains' threads (the
+# evaluation): AFA 62+1.5, supervised 30+1.5, baseline 25+1 | +L_reg 30+1, +AFA 29+1, +PAR 26+1,
+# CNN 18+1.5: the chains ended 3 min apart. The pretraining, when redone, comes first and alone, on both chains' threads (the
 # MiT stages took 47 min on 2 threads; on one thread beside the CNN's they would take ~85).
 if [[ ${REBUILD_PRETRAIN:-0} == 1 || ! -f checkpoints/encoder_mit_b0_fmnist.safetensors \
       || ! -f checkpoints/encoder_resnet10t_fmnist.safetensors ]]; then
