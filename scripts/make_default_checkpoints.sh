@@ -10,7 +10,7 @@
 # Env:   PYTHON (default python), REBUILD_PRETRAIN=1 to redo the offline pretraining even though
 #        its encoders ship in checkpoints/. Measured on the 2-core EPYC (2026-12-05): the rebuild
 #        without pretraining 1 h 57 min end to end (from an empty runs/); the pretraining's parts
-#        alone on 2 threads: data 1.3 min, MiT stages 47 min, CNN 8 min; so about 2 h 55 min with it
+#        alone on 2 threads: data 1.3 min, MiT stages 47 min, CNN 9 min; so about 2 h 55 min with it
 #        (a 2-core Xeon seen earlier ran AFA steps 2.3x slower: it would need about 4 h without).
 set -euo pipefail
 cd "$(dirname "$0")/.."
