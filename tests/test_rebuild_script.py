@@ -118,13 +118,9 @@ def test_a_fresh_rebuild_trains_exports_and_evaluates_everything_once_on_one_thr
         if args[:2] == ["-m", "core.evaluate"]:
             assert ("--crf" in args) == args[args.index("--checkpoint") + 1].startswith("checkpoints/")
     # each model is evaluated as soon as its run ends, before its chain's next run starts
-    def position(kind, name):
-        for i, (_, args) in enumerate(calls):
-            if kind == "evaluate" and evaluated([(None, args)]) and name in evaluated([(None, args)])[0]:
-                return i
-            if kind == "train" and trained([(None, args)]) == [name]:
-                return i
-        raise AssertionError(f"no {kind} of {name}")
+    def position(kind, name):  # the index of the first call that trains / evaluates ``name``
+        pick = trained if kind == "train" else evaluated
+        return next(i for i, call in enumerate(calls) if any(name in x for x in pick([call])))
 
     assert position("evaluate", "afa_mit_b0") < position("train", "supervised_mit_b0")
     assert position("evaluate", "abl_reg") < position("train", "abl_afa")
