@@ -47,6 +47,8 @@ TRAIN_VIEWS = (
     "signature",
 )
 RUN_COLUMNS = ["run", "state", "progress", "last loss", "best mIoU", "checkpoint", "updated"]
+# every header on one line at 1280 px (unset, "checkpoint" was squeezed to one letter a line)
+RUN_COLUMN_WIDTHS = ["17%", "11%", "13%", "10%", "16%", "14%", "19%"]
 
 MANAGER = RunManager()
 
@@ -434,7 +436,10 @@ def layout(C: dict, public: bool) -> None:
             C["samples_note"] = gr.HTML(elem_classes="afa-legend")
             with gr.Accordion("Log (last lines)", open=False):
                 C["log"] = gr.Code(label="train.log", language=None, lines=12, interactive=False)
-            C["runs_table"] = gr.Dataframe(headers=RUN_COLUMNS, label="Runs", interactive=False, wrap=True)
+            C["runs_table"] = gr.Dataframe(
+                headers=RUN_COLUMNS, label="Runs", interactive=False, wrap=True,
+                column_widths=RUN_COLUMN_WIDTHS,
+            )
     C["timer"] = gr.Timer(POLL_SECONDS, active=False)
 
 
