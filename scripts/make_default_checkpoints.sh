@@ -21,10 +21,13 @@ mkdir -p "$RUNS" checkpoints docs/results
 # shellcheck source=scripts/train_or_resume.sh
 source scripts/train_or_resume.sh
 
-both() {  # run two commands in parallel; fail if either fails
+both() {  # run two commands in parallel; wait for both (no chain left running detached), fail if either failed
   "$1" & local a=$!
   "$2" & local b=$!
-  wait "$a"; wait "$b"
+  local rc=0
+  wait "$a" || rc=$?
+  wait "$b" || rc=$?
+  return "$rc"
 }
 
 # 1. The benchmark: the generator's defaults are the canonical settings.
