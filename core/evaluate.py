@@ -144,7 +144,8 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, cfg: dict, limit: int |
 
     Rank ``r`` of ``world_size`` analyses every ``world_size``-th image; confusion matrices, F1 sums
     and counts are summed over ranks, so every rank returns the same dict:
-    ``{"n_images", "stages": {stage: {"miou", "per_class"}}, "cls_f1", "seconds", "images_per_s"}``,
+    ``{"n_images", "classes", "stages": {stage: {"miou", "per_class"}}, "cls_f1", "seconds",
+    "images_per_s"}``,
     and with ``per_image`` also ``"per_image": {name: image_entry(...)}``.
     Stages the model cannot compute (``None`` in the analysis) are left out.
     ``labels``: "dense" scores ``par_label`` / ``rw_*_label`` made with the single background
@@ -199,6 +200,7 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, cfg: dict, limit: int |
         "labels": labels,
         "precision": resolve_precision(precision, next(model.parameters()).device).name,
         "seg_merge": cfg["infer"]["seg_merge"],
+        "classes": names,  # the confusion matrices' order (the stages' per_class keys are written sorted)
         "stages": stages,
         "cls_f1": float(counts[-2].item() / n_images) if n_images else None,
         "seconds": seconds,

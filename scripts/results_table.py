@@ -4,6 +4,7 @@
     python scripts/results_table.py --split FULL.json SUMMARY.json   # per-image part -> FULL.json.gz
     python scripts/results_table.py --gain "rw_afa_label-par_label" NAME=FILE.json ...
     python scripts/results_table.py --errors NAME=FILE.json.gz ...   # what kind of error each stage makes
+    python scripts/results_table.py --confusion seg_label NAME=FILE.json.gz ...  # which class takes which
 
 Each cell is the dataset mIoU (%). With per-image results in the files, ``--bootstrap N`` adds a
 95 % interval from resampling the images with replacement (N times; the confusion matrices of
@@ -13,7 +14,10 @@ resampled images for both stages): a gain whose interval excludes 0 is not noise
 splits each stage's wrong pixels by kind (``core.method.metrics.ERROR_KINDS``, summed over the
 images), each a share of the pixels it can occur in: background pixels labelled as a class (false
 positive), item pixels labelled background (false negative, missed) or as another class (wrong
-class), and pixels left without a class (unlabelled).
+class), and pixels left without a class (unlabelled). ``--confusion STAGE`` prints, per file,
+where each true class's pixels went (% of its pixels per predicted class) and each class's
+predicted area over its true area (``ConfusionMatrix.class_shares``): a class above 1 takes other
+classes' pixels, one below 1 loses them.
 """
 
 from __future__ import annotations
@@ -70,6 +74,34 @@ def print_errors(loaded: list[tuple[str, dict]]) -> None:
             print(f"| {name} | {stage} | {cells} |")
 
 
+def class_names(data: dict, n: int) -> list[str]:
+    """The confusion matrices' class order: the file's ``classes`` (written by core.evaluate), else
+    the ``classes.txt`` of the dataset it names when that is still there, else the class ids."""
+    names = data.get("classes")
+    if not names:
+        listed = Path(str(data.get("data", ""))) / "classes.txt"
+        names = listed.read_text().split() if listed.is_file() else []
+    return list(names) if len(names) == n else [str(i) for i in range(n)]
+
+
+def print_confusion(loaded: list[tuple[str, dict]], stage: str) -> None:
+    """Per file with per-image results for ``stage``: the summed confusion as class shares."""
+    for name, data in loaded:
+        counts = per_image_counts(data, stage)
+        if counts is None:
+            print(f"\n{name}: no per-image results for {stage}")
+            continue
+        shares, area = ConfusionMatrix.from_counts(counts[0].sum(0), counts[1].sum(0)).class_shares()
+        names = class_names(data, len(area))
+        print(f"\n{name}, {stage}: % of each true class's pixels by predicted class; predicted / true area")
+        print("| true \\ predicted | " + " | ".join(names) + " | none | area |")
+        print("|---" * (len(names) + 3) + "|")
+        for i, true in enumerate(names):
+            cells = ["-" if np.isnan(v) else f"{100 * v:.1f}" for v in shares[i]]
+            ratio = "-" if np.isnan(area[i]) else f"{area[i]:.2f}"
+            print(f"| {true} | " + " | ".join(cells) + f" | {ratio} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python scripts/results_table.py", description=__doc__.split("\n")[0])
     p.add_argument("files", nargs="+", metavar="NAME=FILE.json")
@@ -82,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         help="stage difference, e.g. rw_afa_label-par_label",
     )
     p.add_argument("--errors", action="store_true", help="a table of the kinds of error per stage")
+    p.add_argument("--confusion", choices=STAGES, metavar="STAGE", help="which class takes which, for STAGE")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--split",
@@ -135,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.errors:
         print_errors(loaded)
+    if args.confusion:
+        print_confusion(loaded, args.confusion)
     for gain in args.gain:
         a, _, b = gain.partition("-")
         print(f"\n{a} - {b} (mIoU points, 95 % paired bootstrap interval):")

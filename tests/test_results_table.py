@@ -25,6 +25,28 @@ def test_error_table_sums_the_images_then_splits_by_kind(tmp_path, capsys):
     assert cells[2:] == [f"{v:.1f}" for v in expected]
 
 
+def test_confusion_table_sums_the_images_and_names_the_classes_in_matrix_order(tmp_path, capsys):
+    # the same two images as above, classes named in the file in matrix order (not sorted)
+    one = {"confusion": [[4, 2, 0], [1, 2, 1], [0, 0, 0]], "unpredicted": [0, 0, 0]}
+    two = {"confusion": [[10, 0, 0], [0, 0, 0], [3, 0, 7]], "unpredicted": [0, 5, 0]}
+    data = {"stages": {"seg_label": {"miou": 0.5}}, "n_images": 2, "classes": ["background", "zebra", "apple"],
+            "per_image": {"i1": {"stages": {"seg_label": one}}, "i2": {"stages": {"seg_label": two}}}}
+    path = tmp_path / "e.json"
+    path.write_text(json.dumps(data))
+    assert load_script("results_table").main(["--confusion", "seg_label", f"M={path}"]) == 0
+    rows = {cells[0]: cells[1:] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")
+            for cells in [[c.strip() for c in line.strip("|").split("|")]]}
+    assert rows["true \\ predicted"] == ["background", "zebra", "apple", "none", "area"]
+    # summed: background 14 / 2 / 0 (16 px), zebra 1 / 2 / 1 + 5 without a class (9 px), apple 3 / 0 / 7
+    # predicted areas: background 18 of 16, zebra 4 of 9, apple 8 of 10
+    def pct(*v):
+        return [f"{100 * x:.1f}" for x in v]
+
+    assert rows["background"] == pct(14 / 16, 2 / 16, 0, 0) + ["1.12"]
+    assert rows["zebra"] == pct(1 / 9, 2 / 9, 1 / 9, 5 / 9) + ["0.44"]
+    assert rows["apple"] == pct(3 / 10, 0, 7 / 10, 0) + ["0.80"]
+
+
 @pytest.mark.parametrize("content", [None, b"not json", b"\x1f\x8b broken gzip"],
                          ids=["missing", "text", "gzip"])
 def test_unreadable_results_are_one_line_with_exit_2(tmp_path, content):

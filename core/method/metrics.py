@@ -139,6 +139,21 @@ class ConfusionMatrix:
             for kind, of in ERROR_SHARE_OF.items()
         }
 
+    def class_shares(self) -> tuple[np.ndarray, np.ndarray]:
+        """Where each true class's pixels went, and how much each class is predicted.
+
+        ``shares (C, C + 1)``: row ``t`` is the share of class ``t``'s true pixels predicted as each
+        class, then as none (``unpredicted``); rows sum to 1, NaN for a class absent from the truth.
+        ``area (C,)``: pixels predicted as a class over its true pixels (1 when it is predicted as
+        often as it occurs, above 1 when the class takes other classes' pixels; NaN when absent
+        from the truth)."""
+        counts = np.concatenate([self.matrix, self.unpredicted[:, None]], 1).astype(np.float64)
+        true = counts.sum(1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            shares = np.where(true[:, None] > 0, counts / np.maximum(true, 1)[:, None], np.nan)
+            area = np.where(true > 0, self.matrix.sum(0) / np.maximum(true, 1), np.nan)
+        return shares, area
+
     def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         """Add the counts of ``other`` (same classes) into this matrix in place; returns self."""
         if other.num_classes != self.num_classes:

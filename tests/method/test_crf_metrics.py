@@ -187,6 +187,21 @@ def test_error_shares_are_counted_against_the_pixels_each_kind_can_occur_in():
     assert set(ConfusionMatrix(3).error_shares().values()) == {None}
 
 
+def test_class_shares_split_each_true_class_and_compare_areas():
+    # the matrix above: true background 16 (14 / 2 / 0), a 9 (1 / 2 / 1 and 5 unpredicted), b 10 (3 / 0 / 7);
+    # a class absent from the truth (d) has an undefined row and area, even when it is predicted
+    cm = ConfusionMatrix.from_counts([[14, 2, 0, 0], [1, 2, 1, 0], [3, 0, 7, 0], [0, 0, 0, 0]], [0, 5, 0, 0])
+    cm.matrix[0, 3] = 4  # 4 background pixels predicted as d: background now 20
+    shares, area = cm.class_shares()
+    assert shares.shape == (4, 5) and area.shape == (4,)
+    np.testing.assert_allclose(shares[0], [14 / 20, 2 / 20, 0, 4 / 20, 0])
+    np.testing.assert_allclose(shares[1], [1 / 9, 2 / 9, 1 / 9, 0, 5 / 9])
+    np.testing.assert_allclose(shares[2], [3 / 10, 0, 7 / 10, 0, 0])
+    np.testing.assert_allclose(np.nansum(shares, 1), [1, 1, 1, 0])
+    assert np.isnan(shares[3]).all() and np.isnan(area[3])
+    np.testing.assert_allclose(area[:3], [18 / 20, 4 / 9, 8 / 10])  # predicted / true pixels
+
+
 def test_multilabel_f1_per_image_mean():
     pred = np.array([[1, 0, 1], [0, 0, 0], [0, 1, 0]])
     target = np.array([[1, 1, 0], [0, 0, 0], [1, 0, 0]])

@@ -36,6 +36,7 @@ def test_evaluate_cli_reports_every_stage(tmp_path, tiny_scenes, capsys):
     assert result["precision"] == "fp32" and result["seg_merge"] == "max"  # the authors' merge by default
     assert set(result["stages"]) == set(STAGES)
     names = class_names(load_config(TINY, [f"data.root={tiny_scenes}"]))
+    assert result["classes"] == names  # in matrix order, although the file's keys are written sorted
     for stage in STAGES:
         entry = result["stages"][stage]
         assert set(entry["per_class"]) == set(names)
