@@ -29,7 +29,8 @@ def test_confusion_table_sums_the_images_and_names_the_classes_in_matrix_order(t
     # the same two images as above, classes named in the file in matrix order (not sorted)
     one = {"confusion": [[4, 2, 0], [1, 2, 1], [0, 0, 0]], "unpredicted": [0, 0, 0]}
     two = {"confusion": [[10, 0, 0], [0, 0, 0], [3, 0, 7]], "unpredicted": [0, 5, 0]}
-    data = {"stages": {"seg_label": {"miou": 0.5}}, "n_images": 2, "classes": ["background", "zebra", "apple"],
+    data = {"stages": {"seg_label": {"miou": 0.5}}, "n_images": 2,
+            "classes": ["background", "zebra", "apple"],
             "per_image": {"i1": {"stages": {"seg_label": one}}, "i2": {"stages": {"seg_label": two}}}}
     path = tmp_path / "e.json"
     path.write_text(json.dumps(data))
