@@ -2,7 +2,8 @@
 (``app.evaluations``: progress bar, results cached on disk), then look across it: a sortable,
 filterable table of each image's stage mIoUs and the gains rw_afa - rw_mhsa, rw_afa - par and
 seg - par; the dataset totals and per-class IoU per stage; the best and worst image of each gain
-one click away; a click on a row opens that image in Inspect with its ground truth.
+one click away; which class takes which, per stage (a heat map of the class confusion); a click
+on a row opens that image in Inspect with its ground truth.
 
 Everything but *Evaluate* reads the cached results: sorting, filtering, the CSV and the chart
 never run the model (opening an image in Inspect analyses that one image, like an example).
@@ -46,7 +47,7 @@ ANY_CLASS = "(any class)"
 EXTREME_BUTTONS = tuple((f"ds_best_{i}", f"ds_worst_{i}") for i in range(len(GAINS)))
 TABLE_VIEWS = ("ds_table", "ds_table_note")
 VIEWS = (
-    ("ds_state", "ds_status", "ds_totals", "ds_chart", "ds_class")
+    ("ds_state", "ds_status", "ds_totals", "ds_chart", "ds_class", "ds_conf_stage", "ds_confusion")
     + TABLE_VIEWS
     + tuple(b for pair in EXTREME_BUTTONS for b in pair)
 )
@@ -133,6 +134,10 @@ def layout(C: dict, public: bool) -> None:
     )
     C["ds_table_note"] = gr.Markdown(elem_classes="afa-note")
     C["ds_chart"] = gr.Plot(label="Per-class IoU per stage", elem_id="ds-chart")
+    C["ds_conf_stage"] = gr.Dropdown(
+        [], label="Which class takes which, in stage", min_width=200, elem_id="ds-conf-stage"
+    )
+    C["ds_confusion"] = gr.Plot(label="Class confusion", elem_id="ds-confusion")
     with gr.Row():
         C["ds_csv_btn"] = gr.Button(
             "Export the table (CSV)", size="sm", scale=0, min_width=200, elem_id="ds-csv-btn"
@@ -199,6 +204,16 @@ def table_views(ev: Any, sort_by: str, descending: bool, class_filter: str | Non
     return {"ds_table": frame, "ds_table_note": note}
 
 
+def default_confusion_stage(ev: Any) -> str:
+    """The segmentation when the evaluation has it (what a model predicts without labels), else
+    its last stage."""
+    return "seg_label" if "seg_label" in ev.stages else ev.stages[-1]
+
+
+def confusion_view(ev: Any, stage: str) -> Any:
+    return plots.confusion_figure(ev.classes, *ev.class_shares(stage), STAGE_COLUMNS[stage])
+
+
 def dataset_views(
     ev: Any, sort_by: str, descending: bool, class_filter: str | None, name_filter: str
 ) -> dict:
@@ -214,6 +229,10 @@ def dataset_views(
             choices=[ANY_CLASS] + ev.classes[1:],
             value=class_filter if class_filter in ev.classes[1:] else ANY_CLASS,
         ),
+        "ds_conf_stage": gr.update(
+            choices=[(STAGE_COLUMNS[s], s) for s in ev.stages], value=default_confusion_stage(ev)
+        ),
+        "ds_confusion": confusion_view(ev, default_confusion_stage(ev)),
     }
     result.update(table_views(ev, sort_by, descending, class_filter, name_filter))
     for (best, worst), (column, (top, bottom)) in zip(EXTREME_BUTTONS, extremes(ev).items()):
@@ -229,6 +248,8 @@ def empty_views(message: str) -> dict:
         "ds_status": message,
         "ds_totals": "",
         "ds_chart": None,
+        "ds_conf_stage": gr.update(choices=[], value=None),
+        "ds_confusion": None,
         "ds_table": pd.DataFrame(columns=["image", "labels"]),
         "ds_table_note": "",
     }
@@ -319,6 +340,15 @@ def on_table_options(key: str | None, sort_by, descending, class_filter, name_fi
     if not key:
         return {}
     return table_views(_evaluation(key), sort_by, descending, class_filter, name_filter)
+
+
+@guarded(status="ds_status")
+def on_confusion_stage(key: str | None, stage: str | None) -> dict:
+    """Another stage for the class confusion (cached results only)."""
+    ev = EVALUATIONS.get(key) if key else None
+    if ev is None or stage not in (ev.stages if ev else ()):
+        return {}
+    return {"ds_confusion": confusion_view(ev, stage)}
 
 
 @guarded(status="ds_status")
@@ -435,6 +465,15 @@ def wire(C: dict, demo: gr.Blocks | None = None) -> None:
         C,
         ("ds_state",) + FILTERS,
         TABLE_VIEWS + ("ds_status",),
+        api_visibility="private",
+        **QUICK,
+    )
+    connect(
+        C["ds_conf_stage"].input,
+        on_confusion_stage,
+        C,
+        ("ds_state", "ds_conf_stage"),
+        ("ds_confusion", "ds_status"),
         api_visibility="private",
         **QUICK,
     )

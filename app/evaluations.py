@@ -199,11 +199,21 @@ class Evaluation:
         np.add.at(unpredicted, missed[:, 1], missed[:, 2])
         return ConfusionMatrix.from_counts(matrix, unpredicted)
 
+    def _evaluated(self) -> np.ndarray | None:
+        """The images evaluated so far (None: all of them)."""
+        return None if self.complete else np.arange(self.done)
+
     def totals(self) -> dict[str, dict]:
         """Per stage the dataset's ``{"miou", "pixel_accuracy", "per_class"}`` (core's as_dict),
         over the images evaluated so far."""
-        images = None if self.complete else np.arange(self.done)
+        images = self._evaluated()
         return {stage: self.confusion(stage, images).as_dict(self.classes) for stage in self.stages}
+
+    def class_shares(self, stage: str) -> tuple[np.ndarray, np.ndarray]:
+        """Which class takes which in ``stage`` over the images evaluated so far (core's
+        ``ConfusionMatrix.class_shares``: each true class's pixels by predicted class, and each
+        class's predicted over true area)."""
+        return self.confusion(stage, self._evaluated()).class_shares()
 
     def gain(self, column: str) -> np.ndarray:
         """``(N,)`` per-image gain in mIoU points (NaN where a stage is missing)."""

@@ -126,3 +126,38 @@ def per_class_iou_figure(classes: list[str], stages: dict[str, dict]) -> go.Figu
     )
     fig.update_yaxes(range=[0, 100], title_text="IoU %")
     return fig
+
+
+def confusion_figure(classes: list[str], shares: np.ndarray, area: np.ndarray, stage: str) -> go.Figure:
+    """Heat map of ``ConfusionMatrix.class_shares``: rows the true classes (each row's % of its
+    pixels by predicted class), columns the predicted ones, a last column "none" only when some
+    pixels got no class; each row's label carries its predicted / true area. Classes absent from
+    the truth are left out."""
+    rows = [i for i in range(len(classes)) if np.isfinite(shares[i]).all()]
+    columns = list(classes) + (["none"] if np.nansum(shares[:, -1]) > 0 else [])
+    z = 100.0 * shares[rows][:, : len(columns)]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=columns,
+            y=[f"{classes[i]} (area x{area[i]:.2f})" for i in rows],
+            zmin=0,
+            zmax=100,
+            colorscale="Blues",
+            text=[[f"{v:.1f}" for v in row] for row in z],
+            texttemplate="%{text}",
+            hovertemplate="true %{y}<br>predicted %{x}: %{z:.1f} %<extra></extra>",
+            colorbar=dict(title=dict(text="% of row"), thickness=12),
+        )
+    )
+    fig.update_layout(
+        **_LAYOUT,
+        height=120 + 36 * len(rows),
+        title=dict(
+            text=f"{stage}: where each true class's pixels went (%); area = predicted / true pixels",
+            font=dict(size=13),
+        ),
+    )
+    fig.update_xaxes(title_text="predicted", side="bottom")
+    fig.update_yaxes(title_text="true", autorange="reversed")
+    return fig

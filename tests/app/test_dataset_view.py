@@ -79,6 +79,21 @@ def test_dataset_numbers_are_core_evaluates(real_env, tiny_dataset):
         for stage, entry in result["per_image"][name]["stages"].items():
             assert ev.miou[stage][i] == pytest.approx(entry["miou"], nan_ok=True)
     assert np.nanmean(ev.cls_f1) == pytest.approx(result["cls_f1"])
+    # the class confusion: core's per-image matrices summed, as each true class's % by predicted
+    # class; the segmentation by default, another stage on request, rows labelled with their area
+    assert views["ds_conf_stage"]["value"] == "seg_label"
+    par = dataset_view.on_confusion_stage(views["ds_state"], "par_label")["ds_confusion"]
+    for stage, figure in (("seg_label", views["ds_confusion"]), ("par_label", par)):
+        counts = sum(np.array(result["per_image"][n]["stages"][stage]["confusion"]) for n in ev.names)
+        present = counts.sum(1) > 0
+        expected = 100 * counts[present] / counts[present].sum(1, keepdims=True)
+        heat = figure.data[0]
+        assert list(heat.x) == result["classes"]  # dense labels: no "none" column
+        np.testing.assert_allclose(np.array(heat.z), expected)
+        area = counts.sum(0)[present] / counts.sum(1)[present]
+        names = np.array(result["classes"])[present]
+        assert list(heat.y) == [f"{n} (area x{a:.2f})" for n, a in zip(names, area)]
+    assert dataset_view.on_confusion_stage(views["ds_state"], "no_such_stage") == {}
 
 
 def test_evaluation_is_kept_on_disk_and_resumes(real_env, tiny_dataset, monkeypatch):
