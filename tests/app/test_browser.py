@@ -179,8 +179,13 @@ def test_dataset_view_ground_truth_export_compare_and_layout(page, app_server, t
     gains = [table_cell(page, r, column) for r in range(rows)]
     values = [float(g) for g in gains if g.strip()]
     assert values == sorted(values, reverse=True)
+    # which class takes which: the segmentation's heat map is drawn; another stage redraws it
+    title = "document.querySelector('#ds-confusion .gtitle')?.textContent || ''"
+    page.wait_for_function(f"() => ({title}).startsWith('seg:')")
     time.sleep(0.5)
     page.screenshot(path=str(SHOTS / "dataset.png"), full_page=True)
+    pick_option(page, "ds-conf-stage", "par")
+    page.wait_for_function(f"() => ({title}).startsWith('par:')")
 
     # a row opens its image in Inspect with its ground truth and its scores
     name = table_cell(page, 0, 0).strip()
