@@ -337,6 +337,7 @@ SCENES_CASES = [
     ("scales_reversed", [*SC, "--scale-min", "3", "--scale-max", "2"], "--scale-min"),
     ("occlusion", [*SC, "--occlusion", "1.5"], "--occlusion"),
     ("clutter", [*SC, "--clutter", "-1"], "--clutter"),
+    ("clutter-solid-max", [*SC, "--clutter-solid-max", "0"], "--clutter-solid-max"),
     ("camouflage", [*SC, "--camouflage", "2"], "--camouflage"),
     ("texture", [*SC, "--texture", "1.5"], "--texture"),
     ("rotation", [*SC, "--max-rotation", "-5"], "--max-rotation"),

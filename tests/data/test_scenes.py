@@ -149,6 +149,42 @@ def test_clutter_is_drawn_and_labelled_background(procedural_train) -> None:
     assert not none.clutter.any()
 
 
+def test_clutter_solid_max_shrinks_the_large_filled_shapes_in_place() -> None:
+    """One shape at a time, the same random draws with and without the cap: where the cap changed
+    a shape (a filled one larger than the cap), the capped shape lies inside the uncapped one
+    (shrunk about its anchor) and is at most the cap wide and tall; the others (strokes, outlines,
+    small filled shapes) are drawn as before."""
+    import cv2
+
+    from core.data.scenes.compose import _draw_clutter
+
+    size, cap, changed, same = 192, 0.125, 0, 0
+    for seed in range(60):
+        masks = []
+        for solid_max in (1.0, cap):
+            image = np.zeros((size, size, 3), np.uint8)
+            drawn = np.zeros((size, size), np.uint8)
+            _draw_clutter(np.random.default_rng(seed), image, drawn, 1, solid_max=solid_max)
+            masks.append(drawn > 0)
+        full, capped = masks
+        if np.array_equal(full, capped):
+            same += 1
+            # left as drawn: no thick part wider than the cap (opening with a 13 px disc removes
+            # strokes and outlines, at most 5 px thick even where a stroke folds, and keeps the body
+            # of a filled shape)
+            body = cv2.morphologyEx(full.astype(np.uint8), cv2.MORPH_OPEN,
+                                    cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (13, 13)))
+            ys, xs = np.nonzero(body)
+            assert not body.any() or max(np.ptp(xs), np.ptp(ys)) + 1 <= cap * size + 3
+            continue
+        changed += 1
+        assert (capped & ~full).sum() <= 0.02 * capped.sum()  # inside it, up to anti-aliased edges
+        ys, xs = np.nonzero(capped)
+        assert np.ptp(xs) + 1 <= cap * size + 3 and np.ptp(ys) + 1 <= cap * size + 3  # + anti-aliasing
+        assert capped.sum() < full.sum()
+    assert changed >= 10 and same >= 10  # both kinds occurred: the test is not vacuous
+
+
 def test_ignore_band_is_thin(procedural_train) -> None:
     scene = generate_scene(procedural_train, scene_rng(2, "train", 0), SceneOptions())
     fg = (scene.mask != 0) & (scene.mask != 255)

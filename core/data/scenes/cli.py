@@ -36,6 +36,12 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--scale-max", type=float, default=d.scale_max, help="largest item enlargement")
     parser.add_argument("--clutter", type=float, default=d.clutter, help="clutter density (0 = none)")
     parser.add_argument(
+        "--clutter-solid-max",
+        type=float,
+        default=d.clutter_solid_max,
+        help="largest filled clutter shape, a fraction of the image side (1 = as drawn, item-sized)",
+    )
+    parser.add_argument(
         "--occlusion", type=float, default=d.occlusion, help="largest hidden fraction of an item"
     )
     parser.add_argument("--min-pixels", type=int, default=d.min_pixels, help="pixels a class needs")
@@ -68,6 +74,7 @@ def _main(argv: list[str] | None) -> int:
         scale_min=args.scale_min,
         scale_max=args.scale_max,
         clutter=args.clutter,
+        clutter_solid_max=args.clutter_solid_max,
         occlusion=args.occlusion,
         min_pixels=args.min_pixels,
         texture=args.texture,

@@ -40,6 +40,9 @@ class SceneOptions:
     scale_min: float = 2.4  # item enlargement: 28 px -> 67..118 px, about 4-7 tokens across
     scale_max: float = 4.2
     clutter: float = 0.5  # clutter density: about 16 x clutter class-free shapes per image
+    # largest filled clutter shape (rectangle, disc, ellipse, blob), a fraction of the image side;
+    # 1 leaves them as drawn, up to about a third of the side (item-sized, e.g. bag-like boxes)
+    clutter_solid_max: float = 1.0
     occlusion: float = 0.6  # an item may be hidden by later items up to this fraction
     min_pixels: int = 120  # labelled pixels a class needs to count in the image label
     texture: float = 0.5  # probability that an item gets a gradient / pattern fill
@@ -67,6 +70,8 @@ class SceneOptions:
             raise UserError("--occlusion must be in [0, 1)")
         if self.clutter < 0:
             raise UserError("--clutter must be >= 0")
+        if not 0.0 < self.clutter_solid_max <= 1.0:
+            raise UserError("--clutter-solid-max must be in (0, 1] (a fraction of the image side)")
         if not 0.0 <= self.camouflage <= 1.0:
             raise UserError("--camouflage must be in [0, 1]")
         if not 0.0 <= self.texture <= 1.0:
@@ -175,11 +180,18 @@ def _draw_clutter(
     drawn: np.ndarray,
     count: int,
     palette: np.ndarray | None = None,
+    solid_max: float = 1.0,
 ) -> None:
     """Draw ``count`` class-free shapes (strokes, circles, rectangles, ellipses, blobs) in place on
     ``image (S, S, 3)`` uint8; mark them in ``drawn (S, S)`` uint8. With a ``palette``, each shape
-    takes one of its colours (slightly varied)."""
+    takes one of its colours (slightly varied). A filled shape wider or taller than ``solid_max``
+    of the side is shrunk to it (the same random draws, so 1 gives the same bytes as before)."""
     size = image.shape[0]
+    cap = solid_max * size
+
+    def fit(extent: float) -> float:  # the factor that brings a filled shape's extent to the cap
+        return min(1.0, cap / max(extent, 1.0))
+
     for _ in range(count):
         if palette is None:
             colour = tuple(float(v) for v in _random_colour(rng, (0.0, 0.9), (0.1, 1.0)))
@@ -199,17 +211,23 @@ def _draw_clutter(
         elif kind == 1:  # circle, filled or outlined
             r = int(rng.integers(4, size // 6))
             thick = -1 if rng.random() < 0.5 else int(rng.integers(1, 5))
+            if thick < 0:
+                r = max(1, int(r * fit(2 * r)))
             for img, col in layers:
                 cv2.circle(img, (x, y), r, col, thick, cv2.LINE_AA)
         elif kind == 2:  # rectangle
             w, h = (int(v) for v in rng.integers(6, size // 4, 2))
             thick = -1 if rng.random() < 0.6 else int(rng.integers(1, 5))
+            if thick < 0:
+                w, h = (max(1, int(v * fit(max(w, h)))) for v in (w, h))
             for img, col in layers:
                 cv2.rectangle(img, (x, y), (x + w, y + h), col, thick, cv2.LINE_AA)
         elif kind == 3:  # ellipse
             axes = tuple(int(v) for v in rng.integers(4, size // 7, 2))
             ang = float(rng.uniform(0, 180))
             thick = -1 if rng.random() < 0.6 else int(rng.integers(1, 4))
+            if thick < 0:
+                axes = tuple(max(1, int(a * fit(2 * max(axes)))) for a in axes)
             for img, col in layers:
                 cv2.ellipse(img, (x, y), axes, ang, 0, 360, col, thick, cv2.LINE_AA)
         else:  # a blob: a smooth random polygon of item size
@@ -217,6 +235,7 @@ def _draw_clutter(
             base = rng.uniform(8, size * 0.14)
             angles = np.sort(rng.uniform(0, 2 * np.pi, n))
             radii = base * rng.uniform(0.5, 1.3, n)
+            radii = radii * fit(2 * radii.max())
             pts = np.stack([x + radii * np.cos(angles), y + radii * np.sin(angles)], 1)
             pts = np.round(pts).astype(np.int32)
             for img, col in layers:
@@ -432,7 +451,7 @@ def _compose_scene(sprites: SpriteSet, rng: np.random.Generator, opts: SceneOpti
     bg = _background(rng, size, palette)
     image = np.clip(bg, 0, 255).astype(np.uint8)
     clutter = np.zeros((size, size), np.uint8)
-    _draw_clutter(rng, image, clutter, int(rng.poisson(16 * opts.clutter)), palette)
+    _draw_clutter(rng, image, clutter, int(rng.poisson(16 * opts.clutter)), palette, opts.clutter_solid_max)
 
     n_items = int(rng.integers(opts.min_objects, opts.max_objects + 1))
     placed: list[_Placed] = []
