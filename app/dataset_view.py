@@ -346,7 +346,7 @@ def on_table_options(key: str | None, sort_by, descending, class_filter, name_fi
 def on_confusion_stage(key: str | None, stage: str | None) -> dict:
     """Another stage for the class confusion (cached results only)."""
     ev = EVALUATIONS.get(key) if key else None
-    if ev is None or stage not in (ev.stages if ev else ()):
+    if ev is None or stage not in ev.stages:
         return {}
     return {"ds_confusion": confusion_view(ev, stage)}
 
