@@ -292,10 +292,16 @@ def test_item_free_scenes_when_min_objects_is_zero(procedural_train) -> None:
 
 
 def test_grouped_classes_relabel_and_balance(procedural_train) -> None:
-    # every source class lands in the group that lists it; the 5 groups cover the 10 shapes
+    # every source class lands in the group that lists it; each set's groups cover the 10 shapes once
     raw = load_source("procedural", "train", class_set="fashion10")
     for new, (_, members) in enumerate(CLASS_SETS["groups"]["procedural"]):
         assert set(raw.labels[procedural_train.labels == new].tolist()) == set(members)
+    four = load_source("procedural", "train", class_set="groups4")
+    for new, (_, members) in enumerate(CLASS_SETS["groups4"]["procedural"]):
+        assert set(raw.labels[four.labels == new].tolist()) == set(members)
+    for sets in CLASS_SETS.values():
+        for groups in sets.values():
+            assert sorted(m for _, members in groups for m in members) == list(range(10))
     # items are drawn class first: over many scenes each group is about a fifth of the items
     opts = SceneOptions(size=96, scale_min=1.5, scale_max=2.0, max_objects=1)
     classes = [
