@@ -218,6 +218,7 @@ def dataset_views(
     ev: Any, sort_by: str, descending: bool, class_filter: str | None, name_filter: str
 ) -> dict:
     """Everything the tab shows about one evaluation (read from it, nothing computed by a model)."""
+    stage = default_confusion_stage(ev)
     result = {
         "ds_state": ev.key,
         "ds_status": status_markdown(ev),
@@ -230,9 +231,9 @@ def dataset_views(
             value=class_filter if class_filter in ev.classes[1:] else ANY_CLASS,
         ),
         "ds_conf_stage": gr.update(
-            choices=[(STAGE_COLUMNS[s], s) for s in ev.stages], value=default_confusion_stage(ev)
+            choices=[(STAGE_COLUMNS[s], s) for s in ev.stages], value=stage
         ),
-        "ds_confusion": confusion_view(ev, default_confusion_stage(ev)),
+        "ds_confusion": confusion_view(ev, stage),
     }
     result.update(table_views(ev, sort_by, descending, class_filter, name_filter))
     for (best, worst), (column, (top, bottom)) in zip(EXTREME_BUTTONS, extremes(ev).items()):

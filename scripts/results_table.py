@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for core
+from core.data.voc import DatasetError, read_class_names  # noqa: E402
 from core.errors import ArgumentParser, run_cli  # noqa: E402
 from core.evaluate import read_results  # noqa: E402
 from core.method.metrics import ERROR_KINDS, ERROR_SHARE_OF, ConfusionMatrix  # noqa: E402
@@ -79,8 +80,10 @@ def class_names(data: dict, n: int) -> list[str]:
     the ``classes.txt`` of the dataset it names when that is still there, else the class ids."""
     names = data.get("classes")
     if not names:
-        listed = Path(str(data.get("data", ""))) / "classes.txt"
-        names = listed.read_text().split() if listed.is_file() else []
+        try:
+            names = read_class_names(str(data.get("data", "")))
+        except DatasetError:
+            names = []
     return list(names) if len(names) == n else [str(i) for i in range(n)]
 
 
