@@ -30,18 +30,44 @@ both() {  # run two commands in parallel; wait for both (no chain left running d
   return "$rc"
 }
 
-# 1. The benchmark: the generator's defaults are the canonical settings.
+# 1. The benchmark: the generator's defaults are the canonical settings. A data/scenes drawn by
+#    other code (an older version of the benchmark) is moved aside and redrawn, and so are the
+#    runs trained on it: RUNS/benchmark.json records the meta.json of the data the runs used.
+#    (The pretraining's runs and data are the pretraining's own and stay.)
+is_benchmark() {
+  [[ -f data/scenes/meta.json ]] && $PY -c 'import json, sys
+from core.data.scenes.ensure import is_benchmark
+sys.exit(0 if is_benchmark(json.load(open("data/scenes/meta.json"))) else 1)'
+}
+if [[ -d data/scenes ]] && ! is_benchmark; then
+  old="data/scenes.old-$(date +%Y%m%d-%H%M%S)"
+  echo "[$(date +%T)] data/scenes is not the benchmark this code draws: moved to $old"
+  mv data/scenes "$old"
+fi
 [[ -f data/scenes/meta.json ]] || $PY -m core.data.scenes --out data/scenes --workers 2
+if ! cmp -s "$RUNS/benchmark.json" data/scenes/meta.json; then  # other data, or none recorded
+  stale="$RUNS/old-$(date +%Y%m%d-%H%M%S)"
+  for run in "$RUNS"/*/; do
+    [[ -d $run ]] || continue
+    case $(basename "$run") in pretrain_*|old-*) ;; *) mkdir -p "$stale"; mv "$run" "$stale/" ;; esac
+  done
+  if [[ -d $stale ]]; then
+    if [[ -f "$RUNS/benchmark.json" ]]; then mv "$RUNS/benchmark.json" "$stale/"; fi
+    echo "[$(date +%T)] the runs in $RUNS were trained on other data: moved to $stale"
+  fi
+fi
+cp data/scenes/meta.json "$RUNS/benchmark.json"
 
 # 2. The stand-in for ImageNet pretraining (ten Fashion-MNIST classes, single items drawn as the
-#    benchmark draws them, plain and camouflaged; see the configs).
+#    benchmark draws them, plain and camouflaged; see the configs). The clutter is drawn as it was
+#    when the shipped encoders were trained (uncapped filled shapes, --clutter-solid-max 1).
 pretrain_mit() {
   [[ -f data/scenes_single96_mixed/meta.json ]] || $PY -m core.data.scenes --out data/scenes_single96_mixed --workers 2 \
       --seed 11 --train 30000 --val 600 --size 96 --min-objects 1 --max-objects 1 --scale-min 1.6 --scale-max 2.6 \
-      --classes fashion10 --camouflage 0.5
+      --classes fashion10 --camouflage 0.5 --clutter-solid-max 1
   [[ -f data/scenes_single96_mixed_bg/meta.json ]] || $PY -m core.data.scenes --out data/scenes_single96_mixed_bg --workers 2 \
       --seed 13 --train 20000 --val 600 --size 96 --min-objects 0 --max-objects 1 --scale-min 1.6 --scale-max 2.6 \
-      --classes fashion10 --camouflage 0.5
+      --classes fashion10 --camouflage 0.5 --clutter-solid-max 1
   train pretrain_mit_b0 core/configs/scenes_pretrain.yaml
   $PY -m core.convert export "$RUNS/pretrain_mit_b0/checkpoint.safetensors" \
       "$RUNS/pretrain_mit_b0/encoder.safetensors" --encoder-only

@@ -40,9 +40,10 @@ class SceneOptions:
     scale_min: float = 2.4  # item enlargement: 28 px -> 67..118 px, about 4-7 tokens across
     scale_max: float = 4.2
     clutter: float = 0.5  # clutter density: about 16 x clutter class-free shapes per image
-    # largest filled clutter shape (rectangle, disc, ellipse, blob), a fraction of the image side;
-    # 1 leaves them as drawn, up to about a third of the side (item-sized, e.g. bag-like boxes)
-    clutter_solid_max: float = 1.0
+    # largest filled clutter shape (rectangle, disc, ellipse, blob), a fraction of the image side
+    # (0.125: 24 px, under two tokens); 1 leaves them as drawn, up to about a third of the side,
+    # item-sized boxes the models took for bags (version 2 of the benchmark; README)
+    clutter_solid_max: float = 0.125
     occlusion: float = 0.6  # an item may be hidden by later items up to this fraction
     min_pixels: int = 120  # labelled pixels a class needs to count in the image label
     texture: float = 0.5  # probability that an item gets a gradient / pattern fill
@@ -50,7 +51,7 @@ class SceneOptions:
     # share of images drawn camouflaged (multi-coloured items in the background's palette); 0.5
     # trades localisation difficulty against recognition within a CPU budget (measured, README)
     camouflage: float = 0.5
-    class_set: str = DEFAULT_CLASS_SET  # "groups" (5 classes) | "fashion10" (the source's 10)
+    class_set: str = DEFAULT_CLASS_SET  # "groups4" (4 classes) | "groups" (5) | "fashion10" (10)
     quality: int = 95  # JPEG quality
 
     def validate(self) -> None:

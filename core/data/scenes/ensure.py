@@ -11,7 +11,7 @@ their own (``ROOT-procedural``), so that a dataset of shapes is never taken for 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from core.data.scenes.sprites import SourceMissing, find_fashion_mnist
 from core.data.scenes.writer import (
     DEFAULT_TRAIN,
     DEFAULT_VAL,
+    VERSION,
     check_target,
     dataset_lock,
     is_complete,
@@ -119,16 +120,24 @@ def prepare_scenes_data(cfg: dict[str, Any], make_data: bool, say: Callable[[str
     data["root"] = str(ready.root)
 
 
-def provenance(meta: dict[str, Any]) -> dict[str, Any]:
-    """What a run records about the scenes dataset it trained on (from its ``meta.json``): the
-    item source, and whether it is the canonical benchmark (canonical options and sizes, Fashion-MNIST)."""
-    if not meta:
-        return {}
-    canonical = (
-        bool(meta.get("canonical"))
+def is_benchmark(meta: dict[str, Any]) -> bool:
+    """Whether a dataset's ``meta.json`` is the canonical benchmark as the code draws it *now*: this
+    generator version, today's ``SceneOptions()`` defaults, the default sizes and seed, Fashion-MNIST
+    items. (The ``canonical`` flag a dataset carries says so only for the code that wrote it.)"""
+    return (
+        meta.get("version") == VERSION
+        and meta.get("options") == asdict(SceneOptions())
         and meta.get("source") == "fashion-mnist"
         and (meta.get("train"), meta.get("val"), meta.get("seed")) == (DEFAULT_TRAIN, DEFAULT_VAL, 0)
     )
+
+
+def provenance(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a run records about the scenes dataset it trained on (from its ``meta.json``): the
+    item source, and whether it is the canonical benchmark (``is_benchmark``)."""
+    if not meta:
+        return {}
+    canonical = is_benchmark(meta)
     return {
         "source": meta.get("source"),
         "scenes": {k: meta.get(k) for k in ("version", "seed", "train", "val")} | {"benchmark": canonical},

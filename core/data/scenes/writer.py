@@ -30,7 +30,7 @@ from core.data.scenes.sprites import SpriteSet, load_source
 from core.errors import UserError
 from core.io import voc_palette
 
-VERSION = 2  # 2: class sets, camouflage, canonical 192 px defaults
+VERSION = 3  # 2: class sets, camouflage, canonical 192 px defaults; 3: groups4, small filled clutter
 DEFAULT_TRAIN = 3000
 DEFAULT_VAL = 300
 
