@@ -60,7 +60,7 @@ CHECKPOINTS = CheckpointRegistry()
 
 def describe_domain(info: CheckpointInfo | None) -> str:
     """What a checkpoint knows and what it learnt from, as its metadata says: "knows top, trouser,
-    dress, shoe, bag · trained on scenes (data/scenes)"."""
+    shoe, bag · trained on scenes (data/scenes)"."""
     if info is None:
         return ""
     from core.data import COCO_CLASSES, VOC_CLASSES

@@ -15,6 +15,7 @@ from core.config import DEFAULTS
 from core.data import build_dataset, class_names
 from core.data.scenes import (
     CLASS_SETS,
+    DEFAULT_CLASS_SET,
     SceneOptions,
     find_fashion_mnist,
     generate_dataset,
@@ -26,7 +27,7 @@ from core.data.scenes import (
 )
 from core.errors import UserError
 
-GROUPS = [name for name, _ in CLASS_SETS["groups"]["procedural"]]
+GROUPS = [name for name, _ in CLASS_SETS[DEFAULT_CLASS_SET]["procedural"]]
 
 try:
     find_fashion_mnist()
@@ -202,7 +203,7 @@ def test_dataset_reads_the_generated_folder(tiny: Path) -> None:
         resize_range=None,
         rescale_range=[0.5, 1.0],
     )
-    cfg["model"]["num_classes"] = 6
+    cfg["model"]["num_classes"] = len(GROUPS) + 1
     assert class_names(cfg) == ["background", *GROUPS]
     train = build_dataset(cfg, train=True)
     sample = train[0]
@@ -247,7 +248,6 @@ def test_with_debian_fashion_mnist(tmp_path: Path) -> None:
         "background",
         "top",
         "trouser",
-        "dress",
         "shoe",
         "bag",
     ]
@@ -294,21 +294,22 @@ def test_item_free_scenes_when_min_objects_is_zero(procedural_train) -> None:
 def test_grouped_classes_relabel_and_balance(procedural_train) -> None:
     # every source class lands in the group that lists it; each set's groups cover the 10 shapes once
     raw = load_source("procedural", "train", class_set="fashion10")
-    for new, (_, members) in enumerate(CLASS_SETS["groups"]["procedural"]):
+    for new, (_, members) in enumerate(CLASS_SETS[DEFAULT_CLASS_SET]["procedural"]):
         assert set(raw.labels[procedural_train.labels == new].tolist()) == set(members)
-    four = load_source("procedural", "train", class_set="groups4")
-    for new, (_, members) in enumerate(CLASS_SETS["groups4"]["procedural"]):
-        assert set(raw.labels[four.labels == new].tolist()) == set(members)
+    for name in ("groups", "groups4"):
+        grouped = load_source("procedural", "train", class_set=name)
+        for new, (_, members) in enumerate(CLASS_SETS[name]["procedural"]):
+            assert set(raw.labels[grouped.labels == new].tolist()) == set(members)
     for sets in CLASS_SETS.values():
         for groups in sets.values():
             assert sorted(m for _, members in groups for m in members) == list(range(10))
-    # items are drawn class first: over many scenes each group is about a fifth of the items
+    # items are drawn class first: over many scenes each of the default's groups is an equal share
     opts = SceneOptions(size=96, scale_min=1.5, scale_max=2.0, max_objects=1)
     classes = [
         generate_scene(procedural_train, scene_rng(1, "train", i), opts).items[0]["class"] for i in range(200)
     ]
-    share = np.bincount(classes, minlength=6)[1:] / len(classes)
-    assert share.min() > 0.1 and share.max() < 0.3, share
+    share = np.bincount(classes, minlength=len(GROUPS) + 1)[1:] / len(classes)
+    assert len(share) == len(GROUPS) and np.abs(share - 1 / len(GROUPS)).max() < 0.08, share
 
 
 def _colour_separability(scene) -> float:

@@ -13,6 +13,8 @@ import pytest
 import core.data.scenes.ensure as ensure_mod
 import core.data.scenes.writer as writer
 from core.data.scenes import (
+    CLASS_SETS,
+    DEFAULT_CLASS_SET,
     SceneOptions,
     SourceMissing,
     ensure_scenes,
@@ -23,6 +25,8 @@ from core.data.scenes import (
 )
 from core.data.scenes.ensure import prepare_scenes_data, provenance
 from core.errors import UserError
+
+PROCEDURAL_GROUPS = [name for name, _ in CLASS_SETS[DEFAULT_CLASS_SET]["procedural"]]
 
 
 @pytest.fixture
@@ -58,7 +62,7 @@ def test_fallback_to_procedural_goes_to_its_own_folder(tmp_path: Path, no_fashio
     assert ready.source == "procedural" and ready.generated
     assert not root.exists()  # a dataset of shapes is never where the benchmark belongs
     assert len(logged) == 1 and "procedural" in logged[0]
-    assert read_meta(ready.root)["classes"][1:] == ["round", "box", "pointed", "crossed", "long"]
+    assert read_meta(ready.root)["classes"][1:] == PROCEDURAL_GROUPS
     # the next caller finds it, without generating again
     again = ensure_scenes(root, 2, 1)
     assert again.root == ready.root and not again.generated
@@ -127,7 +131,12 @@ def test_provenance_tells_the_benchmark_from_other_sets(tmp_path: Path) -> None:
     assert record["scenes"]["train"] == 2
     canonical = dict(meta, source="fashion-mnist", train=3000, val=300)
     assert provenance(canonical)["scenes"]["benchmark"] is True
-    assert provenance(dict(canonical, canonical=False))["scenes"]["benchmark"] is False
+    # the benchmark as this code draws it, whatever flag the data carries: an older version, or
+    # options that were the defaults once (five classes, uncapped clutter), are not it
+    assert provenance(dict(canonical, version=2))["scenes"]["benchmark"] is False
+    for key, old in (("class_set", "groups"), ("clutter_solid_max", 1.0)):
+        stale = dict(canonical, options=dict(canonical["options"], **{key: old}))
+        assert stale["canonical"] and provenance(stale)["scenes"]["benchmark"] is False
     assert provenance({}) == {}
 
 
@@ -170,4 +179,4 @@ def test_core_train_make_data_end_to_end(tmp_path: Path, monkeypatch, no_fashion
     meta = read_checkpoint_meta(run / "checkpoint.safetensors")
     assert meta["data"]["root"] == str(tmp_path / "scenes-procedural")
     assert meta["data"]["source"] == "procedural" and meta["data"]["scenes"]["benchmark"] is False
-    assert meta["classes"] == ["background", "round", "box", "pointed", "crossed", "long"]
+    assert meta["classes"] == ["background", *PROCEDURAL_GROUPS]
