@@ -2,9 +2,10 @@
 
 ``python -m core.data.scenes --out data/scenes`` (no other option) writes THE benchmark: 3000
 train and 300 val images of 192 px, seed 0, the ``SceneOptions()`` defaults. Each image holds
-1-3 Fashion-MNIST items of five well-separated classes (top, trouser, dress, shoe, bag: the ten
-source classes grouped, see ``sprites.CLASS_SETS``), enlarged 2.4-4.2x (4-7 tokens at stride 16),
-rotated, partly occluded, on a textured background with class-free clutter. Half of the images
+1-3 Fashion-MNIST items of four well-separated classes (top, trouser, shoe, bag: the ten source
+classes grouped, see ``sprites.CLASS_SETS``), enlarged 2.4-4.2x (4-7 tokens at stride 16),
+rotated, partly occluded, on a textured background with class-free clutter (its filled shapes
+kept under two tokens, so that none passes for an item). Half of the images
 are camouflaged: background, clutter and items draw their colours from one palette per image and
 items are multi-coloured, so appearance alone does not complete an object (see ``compose``).
 Recognition is easy (distinct silhouettes); localisation from image labels is the hard part.
@@ -30,7 +31,7 @@ Modules: ``sprites`` (item sources and class sets), ``compose`` (drawing one sce
 missing), ``dataset`` (reading it), ``cli`` (``python -m core.data.scenes``).
 Item source: Fashion-MNIST idx files (``--source DIR``, else Debian's
 ``/usr/share/datasets/fashion-mnist``, else ``data/FashionMNIST/raw``), or ``--source procedural``
-(ten shapes drawn with OpenCV, grouped in five classes; needs no files).
+(ten shapes drawn with OpenCV, grouped in four classes; needs no files).
 """
 
 from core.data.scenes.cli import main
