@@ -8,10 +8,11 @@
 #
 # Usage: bash scripts/make_default_checkpoints.sh [RUNS_DIR]      (default: runs/)
 # Env:   PYTHON (default python), REBUILD_PRETRAIN=1 to redo the offline pretraining even though
-#        its encoders ship in checkpoints/. Measured on the 2-core EPYC (2026-12-05): the rebuild
-#        without pretraining 1 h 57 min end to end (from an empty runs/); the pretraining's parts
-#        alone on 2 threads: data 1.3 min, MiT stages 47 min, CNN 9 min; so about 2 h 55 min with it
-#        (a 2-core Xeon seen earlier ran AFA steps 2.3x slower: it would need about 4 h without).
+#        its encoders ship in checkpoints/. Measured on the 2-core EPYC (2026-12-05, benchmark
+#        version 3, empty runs/): the rebuild without pretraining 1 h 59 min end to end; the
+#        pretraining's parts alone on 2 threads: data 1.3 min, MiT stages 47 min, CNN 9 min; so
+#        about 2 h 55 min with it (a 2-core Xeon seen earlier ran AFA steps 2.3x slower: it would
+#        need about 4 h without).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -130,9 +131,10 @@ run_afa_reg() {  # the paper's +L_reg row, and its +CRF row: the same model with
 
 # The schedule: two chains, one thread each (on 2 cores that is faster than one run on two
 # threads), balanced by the times measured on the 2-core EPYC (minutes on one thread, training +
-# evaluation): AFA 62+1.5, supervised 30+1.5, baseline 25+1 | +L_reg 30+1, +AFA 29+1, +PAR 26+1,
-# CNN 18+1.5: the chains ended 3 min apart. The pretraining, when redone, comes first and alone, on both chains' threads (the
-# MiT stages took 47 min on 2 threads; on one thread beside the CNN's they would take ~85).
+# evaluation, version 3): AFA 59+1, supervised 30+1, baseline 24+1 | +L_reg 29+1, +AFA 27+1,
+# +PAR 26+1, CNN 18+1: the chains ended 12 min apart (+L_reg's CRF evaluation adds a few minutes
+# to the shorter one). The pretraining, when redone, comes first and alone, on both chains'
+# threads (the MiT stages took 47 min on 2 threads; on one thread beside the CNN's about 85).
 if [[ ${REBUILD_PRETRAIN:-0} == 1 || ! -f checkpoints/encoder_mit_b0_fmnist.safetensors \
       || ! -f checkpoints/encoder_resnet10t_fmnist.safetensors ]]; then
   (export OMP_NUM_THREADS=$((2 * OMP_NUM_THREADS)); pretrain_mit; pretrain_cnn)
