@@ -33,8 +33,11 @@ FAKE = textwrap.dedent(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("x")
 
-    if args[:2] == ["-m", "core.data.scenes"]:
+    if args[:1] == ["-c"]:  # the script's check that data/scenes is the benchmark this code draws
+        sys.exit(1 if os.environ.get("FAKE_STALE") else 0)
+    elif args[:2] == ["-m", "core.data.scenes"]:
         touch(after("--out") / "meta.json")
+        (after("--out") / "meta.json").write_text(str(os.urandom(8)))  # every drawing its own meta
     elif args[:2] == ["-m", "core.train"]:
         run = after("--resume") if "--resume" in args else after("--run-dir")
         if run.name == os.environ.get("FAKE_FAIL"):
@@ -115,9 +118,10 @@ def test_a_fresh_rebuild_trains_exports_and_evaluates_everything_once_on_one_thr
     assert sorted(exported) == sorted(f"checkpoints/{m}_scenes.safetensors" for m in MODELS)
     assert sorted(evaluated(calls)) == sorted([f"checkpoints/{m}_scenes.safetensors" for m in MODELS]
                                        + [f"runs/{a}/checkpoint.safetensors" for a in ABLATION])
-    for _, args in calls:  # the shipped models with the CRF, the ablation rows without
+    for _, args in calls:  # the shipped models and +L_reg (the +CRF row) with the CRF, the rest without
         if args[:2] == ["-m", "core.evaluate"]:
-            assert ("--crf" in args) == args[args.index("--checkpoint") + 1].startswith("checkpoints/")
+            checkpoint = args[args.index("--checkpoint") + 1]
+            assert ("--crf" in args) == (checkpoint.startswith("checkpoints/") or "/abl_reg/" in checkpoint)
     # each model is evaluated as soon as its run ends, before its chain's next run starts
     def position(kind, name):  # the index of the first call that trains / evaluates ``name``
         pick = trained if kind == "train" else evaluated
@@ -135,7 +139,9 @@ def test_a_second_rebuild_redoes_nothing_and_an_unfinished_run_is_resumed(tree):
     code, calls = rebuild(tree)
     assert code == 0
     tables = ["scripts/results_table.py", "--bootstrap"]
-    assert [args[:2] for _, args in calls] == [tables, tables]  # the README's tables, nothing else
+    check = ["-c", calls[0][1][1]]
+    assert "is_benchmark" in check[1]
+    assert [args[:2] for _, args in calls] == [check, tables, tables]  # the data checked, the README's tables
     # a run stopped half way (its state saved, not finished) and a newer checkpoint than the export
     run = tree / "runs" / "abl_par"
     (run / "status.json").write_text('{"state": "stopped"}')
@@ -170,3 +176,20 @@ def test_a_failing_run_fails_the_rebuild_after_the_other_chain_ends(tree, failin
     # the other chain ran to its end before the rebuild returned (none is left running detached)
     assert all(r in runs for r in MODELS + ABLATION if r not in chain)
     assert not any(args[:2] == ["scripts/results_table.py", "--bootstrap"] for _, args in calls)
+
+
+def test_data_of_another_version_is_redrawn_aside_and_its_runs_moved_aside_and_redone(tree):
+    assert rebuild(tree)[0] == 0
+    (tree / "runs" / "pretrain_mit_b0").mkdir()  # the pretraining's run is its own: it stays
+    code, calls = rebuild(tree, FAKE_STALE="1")
+    assert code == 0
+    assert calls[1][1][:4] == ["-m", "core.data.scenes", "--out", "data/scenes"]  # redrawn after the check
+    old_data = list((tree / "data").glob("scenes.old-*"))
+    assert len(old_data) == 1 and (old_data[0] / "meta.json").exists()  # moved, not deleted
+    assert sorted(trained(calls)) == sorted(MODELS + ABLATION)  # every run redone
+    old_runs = list((tree / "runs").glob("old-*"))
+    assert len(old_runs) == 1
+    assert sorted(p.name for p in old_runs[0].iterdir()) == sorted([*MODELS, *ABLATION, "benchmark.json"])
+    assert (tree / "runs" / "pretrain_mit_b0").is_dir()
+    record = (tree / "runs" / "benchmark.json").read_text()
+    assert record == (tree / "data" / "scenes" / "meta.json").read_text()  # the new data's meta
