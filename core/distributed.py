@@ -65,7 +65,13 @@ def init_distributed(preference: str = "auto") -> tuple[DistInfo, torch.device]:
 
 
 def cleanup() -> None:
+    """Leave the process group. Every rank first waits for the others (a barrier): a rank that tore
+    its gloo connections down while another still used them aborted with "terminate called without
+    an active exception" (seen once in CI, after a sharded evaluation). Where a rank has died,
+    torchrun stops the others, so the barrier cannot hang a run."""
     if dist.is_available() and dist.is_initialized():
+        if active():
+            dist.barrier()
         dist.destroy_process_group()
 
 
