@@ -365,3 +365,45 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
         key, text = item.split("=", 1)
         set_by_path(cfg, key.strip(), _parse_value(text))
     return validate(cfg)
+
+
+def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Where two resolved configs differ: ``key.sub: OLD -> NEW``, one per leaf, in key order."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m core.config CONFIG [key.sub=value ...]`` prints the resolved config (YAML);
+    with ``--against RUN/config.yaml`` it prints where that run's config differs instead, exit
+    code 1 when it does (as ``diff``), 0 when it is the same recipe, 2 for bad input."""
+    from core.errors import ArgumentParser, run_cli
+
+    def run() -> int:
+        p = ArgumentParser(prog="python -m core.config", description=main.__doc__.split("\n")[0])
+        p.add_argument("config", help="YAML config (core/configs/*.yaml)")
+        p.add_argument("overrides", nargs="*", metavar="key.sub=value")
+        p.add_argument("--against", metavar="CONFIG_YAML",
+                       help="a run folder's config.yaml: print where it differs from this config")
+        args = p.parse_intermixed_args(argv)
+        cfg = load_config(args.config, args.overrides)
+        if args.against is None:
+            print(yaml.safe_dump(cfg, sort_keys=False), end="")
+            return 0
+        changed = differences(load_config(args.against), cfg)
+        print("\n".join(changed) if changed else "same config")
+        return 1 if changed else 0
+
+    return run_cli(run, "python -m core.config")
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

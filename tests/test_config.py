@@ -134,3 +134,31 @@ def test_stretched_schedule_keeps_each_phase_share():
         "train.cam_iters": 3, "train.aff_label_iters": 9, "optim.warmup_iters": 2}
     with pytest.raises(ConfigError):
         stretched_schedule(paper, 0)
+
+
+def test_differences_name_each_changed_leaf_with_both_values():
+    from core.config import differences
+
+    old = load_config(None, ["train.max_iters=1200", "model.backbone=mit_b0"])
+    new = load_config(None, ["train.max_iters=2400", "model.backbone=mit_b0", "train.use_reg=false"])
+    assert differences(old, new) == ["train.max_iters: 1200 -> 2400", "train.use_reg: True -> False"]
+    assert differences(new, new) == []
+    assert differences({"a": {"b": 1}}, {"a": {"b": 1, "c": 2}}) == ["a.c: None -> 2"]
+
+
+def test_cli_compares_a_config_with_a_runs_config_yaml(tmp_path, capsys):
+    import yaml
+
+    from core.config import main
+
+    saved = tmp_path / "config.yaml"  # as core.train writes it into a run folder
+    saved.write_text(yaml.safe_dump(load_config("core/configs/scenes.yaml", ["train.max_iters=1200"])))
+    assert main(["core/configs/scenes.yaml", "train.max_iters=1200", "--against", str(saved)]) == 0
+    assert capsys.readouterr().out.strip() == "same config"
+    default = load_config("core/configs/scenes.yaml")["train"]["max_iters"]
+    assert main(["core/configs/scenes.yaml", "--against", str(saved)]) == 1
+    assert capsys.readouterr().out.strip() == f"train.max_iters: 1200 -> {default}"
+    assert main(["core/configs/scenes.yaml"]) == 0  # no --against: the resolved config, YAML
+    assert yaml.safe_load(capsys.readouterr().out) == load_config("core/configs/scenes.yaml")
+    assert main(["core/configs/scenes.yaml", "--against", str(tmp_path / "none.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err

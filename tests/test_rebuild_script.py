@@ -33,8 +33,11 @@ FAKE = textwrap.dedent(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("x")
 
-    if args[:1] == ["-c"]:  # the script's check that data/scenes is the benchmark this code draws
+    if args[:3] == ["-m", "core.data.scenes", "--check"]:  # is data/scenes the benchmark this code draws?
         sys.exit(1 if os.environ.get("FAKE_STALE") else 0)
+    elif args[:2] == ["-m", "core.config"]:  # the recipe of a run folder: config.yaml holds its command line
+        recipe = args[2:args.index("--against")]
+        sys.exit(0 if json.loads(after("--against").read_text()) == recipe else 1)
     elif args[:2] == ["-m", "core.data.scenes"]:
         touch(after("--out") / "meta.json")
         (after("--out") / "meta.json").write_text(str(os.urandom(8)))  # every drawing its own meta
@@ -43,6 +46,9 @@ FAKE = textwrap.dedent(
         if run.name == os.environ.get("FAKE_FAIL"):
             sys.exit(1)
         touch(run / "checkpoint.safetensors")
+        if "--config" in args:  # the recipe (config and overrides), which the stand-in core.config compares
+            overrides = args[args.index("--run-dir") + 2:]
+            (run / "config.yaml").write_text(json.dumps([str(after("--config")), *overrides]))
         (run / "status.json").write_text(json.dumps({{"state": "finished"}}))
     elif args[:3] == ["-m", "core.convert", "export"]:
         touch(Path(args[4]))
@@ -55,7 +61,9 @@ FAKE = textwrap.dedent(
 )
 
 MODELS = ("afa_mit_b0", "supervised_mit_b0", "cnn_cam_resnet10t")
-ABLATION = ("abl_baseline", "abl_par", "abl_afa", "abl_reg")
+ABLATION = ("abl_baseline", "abl_par", "abl_afa")  # +L_reg is the shipped AFA model
+CHAIN_A = ["afa_mit_b0", "abl_par", "cnn_cam_resnet10t"]
+CHAIN_B = ["abl_afa", "abl_baseline", "supervised_mit_b0"]
 
 
 @pytest.fixture
@@ -107,10 +115,8 @@ def test_a_fresh_rebuild_trains_exports_and_evaluates_everything_once_on_one_thr
     runs = trained(calls)
     assert sorted(runs) == sorted(MODELS + ABLATION)  # each once, no pretraining (encoders shipped)
     # the two chains: their order within each chain is the script's
-    chain_a = [r for r in runs if r in ("afa_mit_b0", "supervised_mit_b0", "abl_baseline")]
-    chain_b = [r for r in runs if r in ("abl_reg", "abl_afa", "abl_par", "cnn_cam_resnet10t")]
-    assert chain_a == ["afa_mit_b0", "supervised_mit_b0", "abl_baseline"]
-    assert chain_b == ["abl_reg", "abl_afa", "abl_par", "cnn_cam_resnet10t"]
+    assert [r for r in runs if r in CHAIN_A] == CHAIN_A
+    assert [r for r in runs if r in CHAIN_B] == CHAIN_B
     assert {threads for threads, args in calls if args[:2] == ["-m", "core.train"]} == {"1"}
     # the benchmark with the generator's defaults, first
     assert calls[0][1] == ["-m", "core.data.scenes", "--out", "data/scenes", "--workers", "2"]
@@ -118,20 +124,26 @@ def test_a_fresh_rebuild_trains_exports_and_evaluates_everything_once_on_one_thr
     assert sorted(exported) == sorted(f"checkpoints/{m}_scenes.safetensors" for m in MODELS)
     assert sorted(evaluated(calls)) == sorted([f"checkpoints/{m}_scenes.safetensors" for m in MODELS]
                                        + [f"runs/{a}/checkpoint.safetensors" for a in ABLATION])
-    for _, args in calls:  # the shipped models and +L_reg (the +CRF row) with the CRF, the rest without
+    for _, args in calls:  # the shipped models with the CRF (AFA's is the +CRF row), the ablation without
         if args[:2] == ["-m", "core.evaluate"]:
-            checkpoint = args[args.index("--checkpoint") + 1]
-            assert ("--crf" in args) == (checkpoint.startswith("checkpoints/") or "/abl_reg/" in checkpoint)
+            assert ("--crf" in args) == args[args.index("--checkpoint") + 1].startswith("checkpoints/")
+    # every ablation row is the shipped recipe with parts switched off: same budget and schedule
+    for _, args in calls:
+        if args[:2] == ["-m", "core.train"] and Path(args[args.index("--run-dir") + 1]).name in ABLATION:
+            assert args[args.index("--config") + 1] == "core/configs/scenes.yaml"
+            overrides = args[args.index("--run-dir") + 2:]
+            assert overrides and all(o.split("=")[0] in ("train.use_par", "train.use_aff", "train.use_reg")
+                                     and o.endswith("=false") for o in overrides)
     # each model is evaluated as soon as its run ends, before its chain's next run starts
     def position(kind, name):  # the index of the first call that trains / evaluates ``name``
         pick = trained if kind == "train" else evaluated
         return next(i for i, call in enumerate(calls) if any(name in x for x in pick([call])))
 
-    assert position("evaluate", "afa_mit_b0") < position("train", "supervised_mit_b0")
-    assert position("evaluate", "abl_reg") < position("train", "abl_afa")
+    assert position("evaluate", "afa_mit_b0") < position("train", "abl_par")
+    assert position("evaluate", "abl_afa") < position("train", "abl_baseline")
     for name in MODELS:
         assert (tree / "checkpoints" / f"{name}_scenes.eval.json").exists()
-    assert (tree / "docs" / "results" / "abl_reg.per_image.json.gz").exists()
+    assert (tree / "docs" / "results" / "abl_afa.per_image.json.gz").exists()
 
 
 def test_a_second_rebuild_redoes_nothing_and_an_unfinished_run_is_resumed(tree):
@@ -139,9 +151,11 @@ def test_a_second_rebuild_redoes_nothing_and_an_unfinished_run_is_resumed(tree):
     code, calls = rebuild(tree)
     assert code == 0
     tables = ["scripts/results_table.py", "--bootstrap"]
-    check = ["-c", calls[0][1][1]]
-    assert "is_benchmark" in check[1]
-    assert [args[:2] for _, args in calls] == [check, tables, tables]  # the data checked, the README's tables
+    # the data checked, each run's recipe compared with its folder's, the README's tables
+    assert calls[0][1] == ["-m", "core.data.scenes", "--check", "data/scenes"]
+    compared = [args[args.index("--against") + 1] for _, args in calls if args[:2] == ["-m", "core.config"]]
+    assert sorted(compared) == sorted(f"runs/{r}/config.yaml" for r in MODELS + ABLATION)
+    assert [args[:2] for _, args in calls if args[:2] != ["-m", "core.config"]][1:] == [tables, tables]
     # a run stopped half way (its state saved, not finished) and a newer checkpoint than the export
     run = tree / "runs" / "abl_par"
     (run / "status.json").write_text('{"state": "stopped"}')
@@ -169,9 +183,7 @@ def test_a_failing_run_fails_the_rebuild_after_the_other_chain_ends(tree, failin
     code, calls = rebuild(tree, FAKE_FAIL=failing)
     assert code != 0
     runs = trained(calls)
-    chain = ["afa_mit_b0", "supervised_mit_b0", "abl_baseline"]
-    if failing == "abl_afa":
-        chain = ["abl_reg", "abl_afa", "abl_par", "cnn_cam_resnet10t"]
+    chain = CHAIN_B if failing == "abl_afa" else CHAIN_A
     assert [r for r in runs if r in chain] == chain[: chain.index(failing) + 1]  # its chain stopped there
     # the other chain ran to its end before the rebuild returned (none is left running detached)
     assert all(r in runs for r in MODELS + ABLATION if r not in chain)
@@ -193,3 +205,19 @@ def test_data_of_another_version_is_redrawn_aside_and_its_runs_moved_aside_and_r
     assert (tree / "runs" / "pretrain_mit_b0").is_dir()
     record = (tree / "runs" / "benchmark.json").read_text()
     assert record == (tree / "data" / "scenes" / "meta.json").read_text()  # the new data's meta
+
+
+def test_a_run_of_another_recipe_is_moved_aside_and_redone(tree):
+    assert rebuild(tree)[0] == 0
+    # an older release's ablation row: the same run folder, half the budget
+    run = tree / "runs" / "abl_par"
+    recipe = json.loads((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(json.dumps([*recipe, "train.max_iters=1200"]))
+    (run / "marker").write_text("the old run")
+    code, calls = rebuild(tree)
+    assert code == 0
+    assert trained(calls) == ["abl_par"]  # redone with the recipe of today, nothing else
+    assert evaluated(calls) == ["runs/abl_par/checkpoint.safetensors"]
+    moved = list((tree / "runs").glob("old-*/abl_par"))
+    assert len(moved) == 1 and (moved[0] / "marker").read_text() == "the old run"  # moved, not deleted
+    assert json.loads((run / "config.yaml").read_text()) == recipe

@@ -180,3 +180,25 @@ def test_core_train_make_data_end_to_end(tmp_path: Path, monkeypatch, no_fashion
     assert meta["data"]["root"] == str(tmp_path / "scenes-procedural")
     assert meta["data"]["source"] == "procedural" and meta["data"]["scenes"]["benchmark"] is False
     assert meta["classes"] == ["background", *PROCEDURAL_GROUPS]
+
+
+def test_check_cli_says_whether_a_folder_is_the_benchmark_and_why_not(tmp_path: Path, capsys) -> None:
+    from core.data.scenes.cli import main
+
+    meta = generate_dataset(tmp_path / "p", n_train=2, n_val=1, source="procedural")
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    canonical = dict(meta, source="fashion-mnist", train=3000, val=300)
+    (folder / "meta.json").write_text(json.dumps(canonical))
+    assert main(["--check", str(folder)]) == 0
+    assert "is the benchmark" in capsys.readouterr().out
+    # another version with an old default: exit 1, each difference named with both values
+    old = dict(canonical, version=2, options=dict(canonical["options"], class_set="groups"))
+    (folder / "meta.json").write_text(json.dumps(old))
+    assert main(["--check", str(folder)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("version: 2, benchmark ")
+    assert lines[1] == f"options.class_set: 'groups', benchmark {canonical['options']['class_set']!r}"
+    assert main(["--check", str(tmp_path / "p")]) == 1  # a drawing of its own: not the benchmark
+    assert main(["--check", str(tmp_path / "nothing")]) == 2  # no dataset: bad input, one line
+    assert "not a finished scenes dataset" in capsys.readouterr().err

@@ -5,12 +5,14 @@ val images, seed 0)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from PIL import Image
 
 from core.data.scenes.compose import SceneOptions
+from core.data.scenes.ensure import benchmark_differences
 from core.data.scenes.sprites import CLASS_SETS
-from core.data.scenes.writer import DEFAULT_TRAIN, DEFAULT_VAL, contact_sheet, generate_dataset
+from core.data.scenes.writer import DEFAULT_TRAIN, DEFAULT_VAL, contact_sheet, generate_dataset, read_meta
 from core.errors import ArgumentParser, UserError, run_cli
 
 
@@ -19,13 +21,26 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(lambda: _main(argv), "python -m core.data.scenes")
 
 
+def check(folder: Path) -> int:
+    """``--check``: 0 when ``folder`` is the canonical benchmark as this code draws it, else 1 with
+    the differences on stdout; a folder without a finished dataset is bad input (exit 2)."""
+    meta = read_meta(folder)
+    changed = benchmark_differences(meta)
+    print("\n".join(changed) if changed else f"{folder} is the benchmark (version {meta['version']})")
+    return 1 if changed else 0
+
+
 def _main(argv: list[str] | None) -> int:
     parser = ArgumentParser(
         prog="python -m core.data.scenes",
         description="Generate the scenes benchmark: Fashion-MNIST items on cluttered backgrounds.",
     )
     d = SceneOptions()
-    parser.add_argument("--out", required=True, help="output folder (created)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--out", help="output folder (created)")
+    what.add_argument("--check", metavar="FOLDER",
+                      help="only check FOLDER: exit 0 when it is the benchmark this code draws, 1 (and "
+                      "why) when it holds other data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train", type=int, default=DEFAULT_TRAIN, help="number of training images")
     parser.add_argument("--val", type=int, default=DEFAULT_VAL, help="number of validation images")
@@ -63,6 +78,8 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="processes (same bytes for any number)")
     parser.add_argument("--preview", default=None, help="save a contact sheet PNG")
     args = parser.parse_args(argv)
+    if args.check is not None:
+        return check(Path(args.check))
     if args.train < 0 or args.val < 0 or args.train + args.val < 1:
         raise UserError(f"--train and --val must be >= 0 and not both 0, got {args.train} and {args.val}")
     if args.workers < 1:
