@@ -93,6 +93,11 @@ def prepare_scenes(
     start = time.perf_counter()
     ready = ensure_scenes(target, n_train, n_val, progress=report)
     notes = []
+    if ready.replaced is not None:
+        notes.append(
+            f"{_shown(ready.root, root)} held an older version of the scenes benchmark: "
+            f"moved to {_shown(ready.replaced, root)}"
+        )
     if ready.generated:
         notes.append(
             f"generated {ready.images} scenes images into {_shown(ready.root, root)} "

@@ -459,7 +459,7 @@ def _main(argv: list[str] | None) -> int:
         info, device = ddp.init_distributed(cfg["train"]["device"])
         if not resume:
             run_dir = new_run_dir(cfg, args.config, run_dir)  # refuses a folder that holds a run
-        prepare_scenes_data(cfg, args.make_data)  # before the run folder is made
+        prepare_scenes_data(cfg, args.make_data, new_run=not resume)  # before the run folder is made
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             status_dir = run_dir

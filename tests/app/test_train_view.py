@@ -210,3 +210,26 @@ def wait_until(predicate, timeout=20.0):
             return
         time.sleep(0.05)
     raise AssertionError("condition not reached in time")
+
+
+def test_an_older_version_of_the_benchmark_is_moved_aside_redrawn_and_said(fresh, monkeypatch):
+    import json
+
+    import core.data.scenes.ensure as ensure_mod
+    from core.data.scenes import SourceMissing, generate_dataset, read_meta
+
+    def missing(source=None):
+        raise SourceMissing("no Fashion-MNIST here (test)")
+
+    monkeypatch.setattr(ensure_mod, "find_fashion_mnist", missing)
+    old = fresh.root / "data" / "scenes-demo-procedural"  # what an older release drew for a Start
+    meta = generate_dataset(old, n_train=6, n_val=3, source="procedural")
+    (old / "meta.json").write_text(json.dumps(dict(meta, version=meta["version"] - 1)))
+    views = T.make_handlers(public=True)[0](*form_values(name="after"), progress=Progress())
+    lines = views["train_status"].split("\n\n")
+    assert lines[0].startswith("Started run 'after'")
+    said = "held an older version of the scenes benchmark: moved to data/scenes-demo-procedural.old-"
+    assert said in lines[0]
+    assert "generated 9 scenes images into data/scenes-demo-procedural" in lines[0]
+    assert read_meta(old)["version"] == ensure_mod.VERSION
+    assert len(list(old.parent.glob("scenes-demo-procedural.old-*"))) == 1

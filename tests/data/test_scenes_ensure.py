@@ -51,6 +51,7 @@ def test_generates_the_canonical_settings_once(tmp_path: Path) -> None:
     before = (root / "meta.json").stat().st_mtime_ns
     again = ensure_scenes(root, 3, 2, source="procedural", progress=lambda d, t: calls.append((d, t)))
     assert not again.generated and again.meta == meta and len(calls) == 5  # nothing redone
+    assert ready.replaced is None and again.replaced is None
     assert (root / "meta.json").stat().st_mtime_ns == before
 
 
@@ -202,3 +203,54 @@ def test_check_cli_says_whether_a_folder_is_the_benchmark_and_why_not(tmp_path: 
     assert main(["--check", str(tmp_path / "p")]) == 1  # a drawing of its own: not the benchmark
     assert main(["--check", str(tmp_path / "nothing")]) == 2  # no dataset: bad input, one line
     assert "not a finished scenes dataset" in capsys.readouterr().err
+
+
+def _make_outdated(root: Path, **changes) -> None:
+    """Rewrite ``root``'s meta.json as older code drawing *its* benchmark would have written it."""
+    meta = read_meta(root)
+    meta.update(changes)
+    assert meta["canonical"]  # drawn with the defaults of its time
+    (root / "meta.json").write_text(json.dumps(meta))
+
+
+OLD_DEFAULTS = dict(SceneOptions().__dict__, class_set="groups")  # version 2's five classes
+
+
+@pytest.mark.parametrize("changes", [{"version": 2}, {"options": OLD_DEFAULTS}])
+def test_an_outdated_benchmark_is_moved_aside_and_redrawn(tmp_path: Path, changes) -> None:
+    root = tmp_path / "scenes"
+    ensure_scenes(root, 2, 1, source="procedural")
+    _make_outdated(root, **changes)
+    (root / "marker").write_text("old data")
+    logged: list[str] = []
+    ready = ensure_scenes(root, 2, 1, source="procedural", log=logged.append)
+    assert ready.generated and ready.root == root and not (root / "marker").exists()
+    now = read_meta(root)
+    assert now["version"] == ensure_mod.VERSION and now["options"] == SceneOptions().__dict__
+    aside = list(tmp_path.glob("scenes.old-*"))
+    assert len(aside) == 1 and (aside[0] / "marker").read_text() == "old data"  # kept, not deleted
+    assert len(logged) == 1 and str(aside[0]) in logged[0] and ready.replaced == aside[0]
+    # a set drawn with options of one's own (not the defaults of any time) is never touched
+    own = tmp_path / "own"
+    generate_dataset(own, n_train=2, n_val=1, source="procedural", opts=SceneOptions(clutter=0.0))
+    (own / "marker").write_text("mine")
+    _ = ensure_scenes(own, 2, 1, source="procedural")
+    assert (own / "marker").exists() and not list(tmp_path.glob("own.old-*"))
+
+
+def test_a_new_run_on_an_outdated_benchmark_names_make_data_and_a_resumed_run_keeps_it(
+    tmp_path: Path, monkeypatch
+) -> None:
+    root = tmp_path / "scenes"
+    ensure_scenes(root, 2, 1, source="procedural")
+    _make_outdated(root, version=2)
+    cfg = {"data": {"name": "scenes", "root": str(root)}}
+    with pytest.raises(UserError, match="version 2 of the scenes benchmark.*--make-data"):
+        prepare_scenes_data(cfg, make_data=False)
+    prepare_scenes_data(cfg, make_data=False, new_run=False)  # resumed: the data it began with
+    assert read_meta(root)["version"] == 2 and not list(tmp_path.glob("scenes.old-*"))
+    # with --make-data: the current benchmark is drawn, and the run's config points at it
+    monkeypatch.setattr(ensure_mod, "DEFAULT_TRAIN", 2)
+    monkeypatch.setattr(ensure_mod, "DEFAULT_VAL", 1)
+    prepare_scenes_data(cfg, make_data=True, say=lambda line: None)
+    assert read_meta(cfg["data"]["root"])["version"] == ensure_mod.VERSION
