@@ -140,5 +140,5 @@ $PY scripts/results_table.py --bootstrap 1000 --errors --gain rw_afa_label-par_l
     --gain rw_afa_label-rw_mhsa_label "AFA=$G/afa_mit_b0_scenes.per_image.json.gz" \
     "CNN CAM=$G/cnn_cam_resnet10t_scenes.per_image.json.gz" "fully supervised=$G/supervised_mit_b0_scenes.per_image.json.gz"
 $PY scripts/results_table.py --bootstrap 1000 --gain seg_label-par_label --gain rw_afa_label-par_label \
-    --gain seg_crf_label-seg_label "baseline=$G/abl_baseline.per_image.json.gz" \
+    --gain seg_crf_label-seg_label --steps seg_label --steps par_label "baseline=$G/abl_baseline.per_image.json.gz" \
     "+PAR=$G/abl_par.per_image.json.gz" "+AFA=$G/abl_afa.per_image.json.gz" "+L_reg=$G/afa_mit_b0_scenes.per_image.json.gz"

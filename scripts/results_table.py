@@ -5,6 +5,7 @@
     python scripts/results_table.py --gain "rw_afa_label-par_label" NAME=FILE.json ...
     python scripts/results_table.py --errors NAME=FILE.json.gz ...   # what kind of error each stage makes
     python scripts/results_table.py --confusion seg_label NAME=FILE.json.gz ...  # which class takes which
+    python scripts/results_table.py --steps seg_label A=FILE B=FILE ...  # each model minus the one above
 
 Each cell is the dataset mIoU (%). With per-image results in the files, ``--bootstrap N`` adds a
 95 % interval from resampling the images with replacement (N times; the confusion matrices of
@@ -17,7 +18,9 @@ positive), item pixels labelled background (false negative, missed) or as anothe
 class), and pixels left without a class (unlabelled). ``--confusion STAGE`` prints, per file,
 where each true class's pixels went (% of its pixels per predicted class) and each class's
 predicted area over its true area (``ConfusionMatrix.class_shares``): a class above 1 takes other
-classes' pixels, one below 1 loses them.
+classes' pixels, one below 1 loses them. ``--steps STAGE`` compares models instead of stages: each
+file's STAGE minus the previous file's (an ablation's rows, in order), with the paired interval of
+the same resampled images; the files must hold the same images.
 """
 
 from __future__ import annotations
@@ -31,17 +34,21 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for core
 from core.data.voc import DatasetError, read_class_names  # noqa: E402
-from core.errors import ArgumentParser, run_cli  # noqa: E402
+from core.errors import ArgumentParser, UserError, run_cli  # noqa: E402
 from core.evaluate import read_results  # noqa: E402
 from core.method.metrics import ERROR_KINDS, ERROR_SHARE_OF, ConfusionMatrix  # noqa: E402
 
 STAGES = ["cam_label", "par_label", "rw_mhsa_label", "rw_afa_label", "seg_label", "seg_crf_label"]
 
 
-def per_image_counts(data: dict, stage: str) -> tuple[np.ndarray, np.ndarray] | None:
+def per_image_counts(
+    data: dict, stage: str, images: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Per-image confusion matrices ``(n, C, C)`` and prediction-less pixel counts ``(n, C)`` of
-    ``stage``, or None when the file has no per-image results for it."""
-    entries = list((data.get("per_image") or {}).values())
+    ``stage`` (in the file's image order, or in the order of ``images``), or None when the file has
+    no per-image results for it."""
+    per_image = data.get("per_image") or {}
+    entries = list(per_image.values()) if images is None else [per_image[name] for name in images]
     if not entries or any(stage not in e["stages"] for e in entries):
         return None
     mats = np.stack([np.asarray(e["stages"][stage]["confusion"], np.int64) for e in entries])
@@ -105,6 +112,27 @@ def print_confusion(loaded: list[tuple[str, dict]], stage: str) -> None:
             print(f"| {true} | " + " | ".join(cells) + f" | {ratio} |")
 
 
+def print_steps(loaded: list[tuple[str, dict]], stage: str, draws_for, bootstrap_n: int) -> None:
+    """Each file's ``stage`` minus the previous file's, paired: the replicates draw the same images
+    (by name) for both models. Files whose images differ are bad input (a pairing needs them)."""
+    print(f"\n{stage}, each model minus the one above it (mIoU points, 95 % paired bootstrap interval):")
+    for (above, first), (name, second) in zip(loaded, loaded[1:]):
+        images = list(first.get("per_image") or {})
+        if sorted(images) != sorted(second.get("per_image") or {}):
+            raise UserError(f"--steps pairs images: {above} and {name} hold results of other images")
+        a, b = per_image_counts(second, stage, images), per_image_counts(first, stage, images)
+        if a is None or b is None or stage not in first["stages"] or stage not in second["stages"]:
+            print(f"- {name} - {above}: no per-image results for {stage}")  # e.g. no CRF stage
+            continue
+        diff = 100 * (second["stages"][stage]["miou"] - first["stages"][stage]["miou"])
+        ci = ""
+        if bootstrap_n:
+            draws = draws_for(len(images))
+            reps = (bootstrap(a, draws) - bootstrap(b, draws)) * 100
+            ci = f" [{np.percentile(reps, 2.5):.1f}, {np.percentile(reps, 97.5):.1f}]"
+        print(f"- {name} - {above}: {diff:+.1f}{ci}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python scripts/results_table.py", description=__doc__.split("\n")[0])
     p.add_argument("files", nargs="+", metavar="NAME=FILE.json")
@@ -118,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--errors", action="store_true", help="a table of the kinds of error per stage")
     p.add_argument("--confusion", choices=STAGES, metavar="STAGE", help="which class takes which, for STAGE")
+    p.add_argument("--steps", action="append", default=[], choices=STAGES, metavar="STAGE",
+                   help="each file's STAGE minus the previous file's, paired (an ablation's rows)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--split",
@@ -189,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                 else ""
             )
             print(f"- {name}: {diff:+.1f}{ci}")
+    for stage in args.steps:
+        print_steps(loaded, stage, draws_for, args.bootstrap)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from tests.scripts import load_script
@@ -65,3 +66,34 @@ def test_unreadable_results_are_one_line_with_exit_2(tmp_path, content):
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and str(path) in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_steps_pair_the_models_image_by_image(tmp_path, capsys):
+    # two classes; model B is model A with image i2 mended (2 missed item pixels now found).
+    # Summed A: [[9, 1], [3, 7]] -> IoU 9/13 and 7/11; summed B: [[9, 1], [1, 9]] -> 9/11 and 9/11.
+    def result(i2, order):
+        images = {"i1": {"stages": {"seg_label": {"confusion": [[5, 1], [1, 3]], "unpredicted": [0, 0]}}},
+                  "i2": {"stages": {"seg_label": {"confusion": i2, "unpredicted": [0, 0]}}}}
+        counts = np.add([[5, 1], [1, 3]], i2)
+        miou = float(np.mean(np.diag(counts) / (counts.sum(0) + counts.sum(1) - np.diag(counts))))
+        return {"stages": {"seg_label": {"miou": miou}}, "n_images": 2,
+                "per_image": {k: images[k] for k in order}}
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(result([[4, 0], [2, 4]], ["i1", "i2"])))
+    b.write_text(json.dumps(result([[4, 0], [0, 6]], ["i2", "i1"])))  # another order: paired by name
+    script = load_script("results_table")
+    assert script.main(["--bootstrap", "200", "--steps", "seg_label", f"A={a}", f"B={b}"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("- B - A: "))
+    step = 100 * (9 / 11 - (9 / 13 + 7 / 11) / 2)
+    value, interval = line.removeprefix("- B - A: ").split(" ", 1)
+    assert value == f"{step:+.1f}"
+    low, high = (float(v) for v in interval.strip("[]").split(","))
+    assert 0 <= low <= step <= high  # B is never worse on any image: no replicate favours A
+    # files of other images cannot be paired: one line, exit code 2
+    other = tmp_path / "c.json"
+    other.write_text(json.dumps({**result([[4, 0], [0, 6]], ["i1"]), "n_images": 1}))
+    from core.errors import run_cli
+
+    assert run_cli(lambda: script.main(["--steps", "seg_label", f"A={a}", f"C={other}"]), "t") == 2
+    assert "other images" in capsys.readouterr().err
