@@ -105,7 +105,8 @@ ship() {  # ship NAME: the run's checkpoint, fp16, into checkpoints/NAME_scenes.
 #    budget and schedule, each with a part of the method switched off; its +L_reg row is the full
 #    method, so it is the shipped AFA model itself, and its +CRF row that model with the dense CRF
 #    at inference (ship evaluates every shipped model with --crf). (Until 2026-12-05 the rows were
-#    separate runs of half the budget, 1200 iterations: the walk did not yet beat PAR there.)
+#    separate runs of half the budget, 1200 iterations, where the walk did not yet beat PAR; their
+#    results: docs/results/abl1200/.)
 #    Every job below is idempotent (trained, exported and evaluated once).
 run_afa() { train afa_mit_b0 core/configs/scenes.yaml; ship afa_mit_b0; }
 run_supervised() {  # its warm-up as in the recipe it was measured with (the AFA schedule's keys do not apply)
@@ -140,5 +141,6 @@ $PY scripts/results_table.py --bootstrap 1000 --errors --gain rw_afa_label-par_l
     --gain rw_afa_label-rw_mhsa_label "AFA=$G/afa_mit_b0_scenes.per_image.json.gz" \
     "CNN CAM=$G/cnn_cam_resnet10t_scenes.per_image.json.gz" "fully supervised=$G/supervised_mit_b0_scenes.per_image.json.gz"
 $PY scripts/results_table.py --bootstrap 1000 --gain seg_label-par_label --gain rw_afa_label-par_label \
-    --gain seg_crf_label-seg_label --steps seg_label --steps par_label "baseline=$G/abl_baseline.per_image.json.gz" \
-    "+PAR=$G/abl_par.per_image.json.gz" "+AFA=$G/abl_afa.per_image.json.gz" "+L_reg=$G/afa_mit_b0_scenes.per_image.json.gz"
+    --gain seg_crf_label-seg_label --steps seg_label --steps par_label \
+    "baseline=$G/abl_baseline.per_image.json.gz" "+PAR=$G/abl_par.per_image.json.gz" \
+    "+AFA=$G/abl_afa.per_image.json.gz" "+L_reg=$G/afa_mit_b0_scenes.per_image.json.gz"
