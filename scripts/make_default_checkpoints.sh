@@ -7,7 +7,7 @@
 # Two runs go at a time, one thread each (on 2 cores that is faster than one run on two threads).
 #
 # Usage: bash scripts/make_default_checkpoints.sh [RUNS_DIR]      (default: runs/)
-# Env:   PYTHON (default python), 3 h 25 minTRAIN=1 to redo the offline pretraining even though
+# Env:   PYTHON (default python), REBUILD_PRETRAIN=1 to redo the offline pretraining even though
 #        its encoders ship in checkpoints/. Measured on the 2-core EPYC (2026-12-05, benchmark
 #        version 3), run by run on one thread (schedule below): without the pretraining about
 #        2 h 30 min (summed; the rebuild of the shipped models, with the ablation then at 1200
@@ -126,9 +126,9 @@ run_afa_noreg() { train abl_afa core/configs/scenes.yaml train.use_reg=false; ev
 # The schedule: two chains, one thread each (on 2 cores that is faster than one run on two
 # threads), balanced by the times measured on the 2-core EPYC (minutes on one thread, training +
 # evaluation, version 3): AFA 59+3, +PAR 54+2, CNN 18+1 | +AFA 57+2, baseline 54+2,
-# supervised 30+3. The pretraining, when redone, comes first and alone, on both chains' threads (the MiT
-# stages took 47 min on 2 threads; on one thread beside the CNN's about 85).
-if [[ ${3 h 25 minTRAIN:-0} == 1 || ! -f checkpoints/encoder_mit_b0_fmnist.safetensors \
+# supervised 30+3. The pretraining, when redone, comes first and alone, on both chains' threads
+# (the MiT stages took 47 min on 2 threads; on one thread beside the CNN's about 85).
+if [[ ${REBUILD_PRETRAIN:-0} == 1 || ! -f checkpoints/encoder_mit_b0_fmnist.safetensors \
       || ! -f checkpoints/encoder_resnet10t_fmnist.safetensors ]]; then
   (export OMP_NUM_THREADS=$((2 * OMP_NUM_THREADS)); pretrain_mit; pretrain_cnn)
 fi
