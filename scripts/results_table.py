@@ -112,6 +112,15 @@ def print_confusion(loaded: list[tuple[str, dict]], stage: str) -> None:
             print(f"| {true} | " + " | ".join(cells) + f" | {ratio} |")
 
 
+def paired_interval(first: tuple, second: tuple, draws: np.ndarray | None) -> str:
+    """`` [lo, hi]``: the 95 % interval of ``first``'s mIoU minus ``second``'s (points), both
+    scored on the same bootstrap ``draws``; "" without draws."""
+    if draws is None:
+        return ""
+    reps = (bootstrap(first, draws) - bootstrap(second, draws)) * 100
+    return f" [{np.percentile(reps, 2.5):.1f}, {np.percentile(reps, 97.5):.1f}]"
+
+
 def print_steps(loaded: list[tuple[str, dict]], stage: str, draws_for, bootstrap_n: int) -> None:
     """Each file's ``stage`` minus the previous file's, paired: the replicates draw the same images
     (by name) for both models. Files whose images differ are bad input (a pairing needs them)."""
@@ -125,11 +134,7 @@ def print_steps(loaded: list[tuple[str, dict]], stage: str, draws_for, bootstrap
             print(f"- {name} - {above}: no per-image results for {stage}")  # e.g. no CRF stage
             continue
         diff = 100 * (second["stages"][stage]["miou"] - first["stages"][stage]["miou"])
-        ci = ""
-        if bootstrap_n:
-            draws = draws_for(len(images))
-            reps = (bootstrap(a, draws) - bootstrap(b, draws)) * 100
-            ci = f" [{np.percentile(reps, 2.5):.1f}, {np.percentile(reps, 97.5):.1f}]"
+        ci = paired_interval(a, b, draws_for(len(images)) if bootstrap_n else None)
         print(f"- {name} - {above}: {diff:+.1f}{ci}")
 
 
@@ -212,13 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             diff = 100 * (data["stages"][a]["miou"] - data["stages"][b]["miou"])
             d = draws_for(len(ma[0]))
-            reps = (bootstrap(ma, d) - bootstrap(mb, d)) * 100 if args.bootstrap else None
-            ci = (
-                f" [{np.percentile(reps, 2.5):.1f}, {np.percentile(reps, 97.5):.1f}]"
-                if reps is not None
-                else ""
-            )
-            print(f"- {name}: {diff:+.1f}{ci}")
+            print(f"- {name}: {diff:+.1f}{paired_interval(ma, mb, d if args.bootstrap else None)}")
     for stage in args.steps:
         print_steps(loaded, stage, draws_for, args.bootstrap)
     return 0

@@ -86,8 +86,10 @@ def ensure_scenes(
     written; ``log`` gets one line when the fallback is taken or an outdated set is moved aside.
     """
     root = Path(root)
-    if is_complete(root) and not outdated_benchmark(read_meta(root)):
-        return ScenesReady(root, read_meta(root), generated=False)
+    if is_complete(root):
+        meta = read_meta(root)
+        if not outdated_benchmark(meta):
+            return ScenesReady(root, meta, generated=False)
     target = root
     if source is None or str(source) != PROCEDURAL:
         try:
