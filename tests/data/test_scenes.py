@@ -323,13 +323,22 @@ def _colour_separability(scene) -> float:
 
 
 def test_camouflage_makes_colour_a_poor_cue(procedural_train) -> None:
-    plain, camo = [], []
-    for i in range(12):
-        for value, out in ((0.0, plain), (1.0, camo)):
-            opts = SceneOptions(size=128, scale_min=2.0, scale_max=3.0, camouflage=value)
-            out.append(_colour_separability(generate_scene(procedural_train, scene_rng(2, "train", i), opts)))
-    # contrasting single-colour items are told apart by colour far better than camouflaged ones
-    assert np.mean(plain) > np.mean(camo) + 0.08, (np.mean(plain), np.mean(camo))
+    # the same 40 scenes (same items, places, background) drawn plain and camouflaged: contrasting
+    # single-colour items are told apart by colour better than camouflaged ones, in most scenes
+    # (measured with the defaults: 0.05 better on average, in 29 of the 40 scenes; 0.07 and 30 with
+    # --occlusion 0; a no-op camouflage would tie every scene). The mean-colour rule is crude, so
+    # the margins are modest (a 0.08 margin over 12 scenes, this test before, held by chance).
+    gaps = []
+    for i in range(40):
+        plain, camo = (
+            _colour_separability(generate_scene(
+                procedural_train, scene_rng(2, "train", i),
+                SceneOptions(size=128, scale_min=2.0, scale_max=3.0, camouflage=value),
+            ))
+            for value in (0.0, 1.0)
+        )
+        gaps.append(plain - camo)
+    assert np.mean(gaps) > 0.03 and np.mean(np.array(gaps) > 0) > 0.65, gaps
 
 
 def test_each_scene_says_whether_it_is_camouflaged(procedural_train) -> None:
