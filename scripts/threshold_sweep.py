@@ -9,9 +9,11 @@ cam.bg_thresh=t`` scores them (ground-truth image labels, one background score f
 and the dataset mIoU (%) of cam_label, par_label, rw_mhsa_label and rw_afa_label is printed.
 ``rw_oracle_label`` is the random walk of the same CAM, on the same token grid and radius, refined
 by PAR in the same way, with the learned affinity replaced by the ground truth's: 1 for two tokens
-of the same class (the mask resized to the grid, nearest), 0 otherwise. No learned affinity can
-do better than its structure allows, so when the oracle is not above par_label the walk itself
-(one step of averaging the CAM over an object) cannot improve on PAR at that score. Two more rows
+of the same class (the mask resized to the grid, nearest), 0 otherwise: what propagating fully
+along objects gives. When the oracle is not above par_label, averaging the CAM over an object
+does not improve on PAR at that score; a learned affinity can still edge past PAR by averaging
+less (a softer affinity, closer to the identity), not by completing objects (measured on the
+scenes benchmark: docs/results/v4_trial/README.md). Two more rows
 split what bounds the oracle: ``rw_identity_label`` runs the same pipeline with the identity as
 affinity (the CAM taken to the walk's token grid and back, no propagation: what the grid alone
 costs), and ``grid_truth_label`` puts the ground truth itself on that grid, one-hot, through the
