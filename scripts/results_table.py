@@ -121,9 +121,10 @@ def paired_interval(first: tuple, second: tuple, draws: np.ndarray | None) -> st
     return f" [{np.percentile(reps, 2.5):.1f}, {np.percentile(reps, 97.5):.1f}]"
 
 
-def print_steps(loaded: list[tuple[str, dict]], stage: str, draws_for, bootstrap_n: int) -> None:
+def print_steps(loaded: list[tuple[str, dict]], stage: str, draws_for) -> None:
     """Each file's ``stage`` minus the previous file's, paired: the replicates draw the same images
-    (by name) for both models. Files whose images differ are bad input (a pairing needs them)."""
+    (by name) for both models. Files whose images differ are bad input (a pairing needs them).
+    ``draws_for(n)``: the bootstrap draws for ``n`` images, None without intervals."""
     print(f"\n{stage}, each model minus the one above it (mIoU points, 95 % paired bootstrap interval):")
     for (above, first), (name, second) in zip(loaded, loaded[1:]):
         images = list(first.get("per_image") or {})
@@ -134,7 +135,7 @@ def print_steps(loaded: list[tuple[str, dict]], stage: str, draws_for, bootstrap
             print(f"- {name} - {above}: no per-image results for {stage}")  # e.g. no CRF stage
             continue
         diff = 100 * (second["stages"][stage]["miou"] - first["stages"][stage]["miou"])
-        ci = paired_interval(a, b, draws_for(len(images)) if bootstrap_n else None)
+        ci = paired_interval(a, b, draws_for(len(images)))
         print(f"- {name} - {above}: {diff:+.1f}{ci}")
 
 
@@ -178,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         loaded.append((name, read_results(path)))
     draws_cache: dict[int, np.ndarray] = {}
 
-    def draws_for(n: int) -> np.ndarray:
+    def draws_for(n: int) -> np.ndarray | None:
+        """The bootstrap draws for ``n`` images, the same for every file of ``n`` (None: no --bootstrap)."""
+        if not args.bootstrap:
+            return None
         if n not in draws_cache:
             draws_cache[n] = rng.integers(0, n, size=(args.bootstrap, n))
         return draws_cache[n]
@@ -216,10 +220,9 @@ def main(argv: list[str] | None = None) -> int:
             if ma is None or mb is None or a not in data["stages"] or b not in data["stages"]:
                 continue
             diff = 100 * (data["stages"][a]["miou"] - data["stages"][b]["miou"])
-            d = draws_for(len(ma[0]))
-            print(f"- {name}: {diff:+.1f}{paired_interval(ma, mb, d if args.bootstrap else None)}")
+            print(f"- {name}: {diff:+.1f}{paired_interval(ma, mb, draws_for(len(ma[0])))}")
     for stage in args.steps:
-        print_steps(loaded, stage, draws_for, args.bootstrap)
+        print_steps(loaded, stage, draws_for)
     return 0
 
 

@@ -338,7 +338,8 @@ def test_camouflage_makes_colour_a_poor_cue(procedural_train) -> None:
             for value in (0.0, 1.0)
         )
         gaps.append(plain - camo)
-    assert np.mean(gaps) > 0.03 and np.mean(np.array(gaps) > 0) > 0.65, gaps
+    gaps = np.array(gaps)
+    assert gaps.mean() > 0.03 and (gaps > 0).mean() > 0.65, gaps
 
 
 def test_each_scene_says_whether_it_is_camouflaged(procedural_train) -> None:
