@@ -63,7 +63,7 @@ FAKE = textwrap.dedent(
 MODELS = ("afa_mit_b0", "supervised_mit_b0", "cnn_cam_resnet10t")
 ABLATION = ("abl_baseline", "abl_par", "abl_afa")  # +L_reg is the shipped AFA model
 CHAIN_A = ["afa_mit_b0", "abl_par", "cnn_cam_resnet10t"]
-CHAIN_B = ["abl_afa", "abl_baseline", "supervised_mit_b0"]
+CHAIN_B = ["supervised_mit_b0", "abl_afa", "abl_baseline"]
 
 
 @pytest.fixture
@@ -168,14 +168,31 @@ def test_a_second_rebuild_redoes_nothing_and_an_unfinished_run_is_resumed(tree):
     assert evaluated(calls) == ["runs/abl_par/checkpoint.safetensors"]  # its results are redone, no others
 
 
-def test_a_redone_pretraining_runs_first_on_both_threads(tree):
+def test_a_redone_pretraining_the_mit_stages_first_on_both_threads_the_cnn_in_its_chain(tree):
     code, calls = rebuild(tree, REBUILD_PRETRAIN="1")
     assert code == 0
     runs = trained(calls)
-    assert runs[:3] == ["pretrain_mit_b0", "pretrain_tiles_mit_b0", "pretrain_resnet10t"]
-    assert sorted(runs[3:]) == sorted(MODELS + ABLATION)
+    # every MiT run starts from the MiT encoder: its two stages come first, alone
+    assert runs[:2] == ["pretrain_mit_b0", "pretrain_tiles_mit_b0"]
+    assert sorted(runs[2:]) == sorted(("pretrain_resnet10t",) + MODELS + ABLATION)
+    # only the CNN run needs the CNN's encoder: it is pretrained in chain A, just before that run
+    assert [r for r in runs if r in CHAIN_A or r == "pretrain_resnet10t"] == [
+        *CHAIN_A[:-1], "pretrain_resnet10t", "cnn_cam_resnet10t"]
     threads = {Path(a[a.index("--run-dir") + 1]).name: t for t, a in calls if a[:2] == ["-m", "core.train"]}
-    assert {threads[r] for r in runs[:3]} == {"2"} and {threads[r] for r in runs[3:]} == {"1"}
+    assert {threads[r] for r in runs[:2]} == {"2"} and {threads[r] for r in runs[2:]} == {"1"}
+    # the CNN's encoder is exported before the CNN run starts from it
+    order = [args[4] if args[:3] == ["-m", "core.convert", "export"] else tuple(trained([(t, args)]))
+             for t, args in calls]
+    assert order.index("checkpoints/encoder_resnet10t_fmnist.safetensors") < order.index(("cnn_cam_resnet10t",))
+
+
+def test_a_missing_encoder_is_pretrained_alone(tree):
+    """Without REBUILD_PRETRAIN, only an encoder that is missing is redone."""
+    (tree / "checkpoints" / "encoder_resnet10t_fmnist.safetensors").unlink()
+    code, calls = rebuild(tree)
+    assert code == 0
+    runs = trained(calls)
+    assert "pretrain_resnet10t" in runs and not any(r.startswith("pretrain_mit") for r in runs)
 
 
 @pytest.mark.parametrize("failing", ["abl_afa", "afa_mit_b0"])
