@@ -183,7 +183,8 @@ def test_a_redone_pretraining_the_mit_stages_first_on_both_threads_the_cnn_in_it
     # the CNN's encoder is exported before the CNN run starts from it
     order = [args[4] if args[:3] == ["-m", "core.convert", "export"] else tuple(trained([(t, args)]))
              for t, args in calls]
-    assert order.index("checkpoints/encoder_resnet10t_fmnist.safetensors") < order.index(("cnn_cam_resnet10t",))
+    encoder = "checkpoints/encoder_resnet10t_fmnist.safetensors"
+    assert order.index(encoder) < order.index(("cnn_cam_resnet10t",))
 
 
 def test_a_missing_encoder_is_pretrained_alone(tree):
