@@ -134,15 +134,11 @@ run_afa_noreg() { train abl_afa core/configs/scenes.yaml train.use_reg=false; ev
 # its stages took 47 min on 2 threads); the CNN's pretraining, which only the CNN run needs, runs
 # in chain A just before it, on one thread (13 min; alone on 2 threads before the chains it
 # took 9, but left a longer critical path).
-if [[ ${REBUILD_PRETRAIN:-0} == 1 || ! -f checkpoints/encoder_mit_b0_fmnist.safetensors ]]; then
-  (export OMP_NUM_THREADS=$((2 * OMP_NUM_THREADS)); pretrain_mit)
-fi
-cnn_pretrained() {  # the CNN's encoder: redone when asked or missing
-  if [[ ${REBUILD_PRETRAIN:-0} == 1 || ! -f checkpoints/encoder_resnet10t_fmnist.safetensors ]]; then
-    pretrain_cnn
-  fi
+redo_encoder() {  # redo_encoder BACKBONE: is its pretraining to be (re)done? Asked, or its encoder missing
+  [[ ${REBUILD_PRETRAIN:-0} == 1 || ! -f checkpoints/encoder_$1_fmnist.safetensors ]]
 }
-chain_a() { run_afa; run_par; cnn_pretrained; run_cnn; }
+if redo_encoder mit_b0; then (export OMP_NUM_THREADS=$((2 * OMP_NUM_THREADS)); pretrain_mit); fi
+chain_a() { run_afa; run_par; if redo_encoder resnet10t; then pretrain_cnn; fi; run_cnn; }
 chain_b() { run_supervised; run_afa_noreg; run_baseline; }
 both chain_a chain_b
 

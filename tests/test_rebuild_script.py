@@ -109,6 +109,17 @@ def evaluated(calls) -> list[str]:
     return [args[args.index("--checkpoint") + 1] for _, args in calls if args[:2] == ["-m", "core.evaluate"]]
 
 
+def exported(calls) -> list[str]:
+    """The files exported, in call order."""
+    return [args[4] for _, args in calls if args[:3] == ["-m", "core.convert", "export"]]
+
+
+def position(calls, kind: str, name: str) -> int:
+    """The index of the first call that trains / evaluates / exports (``kind``) something named ``name``."""
+    pick = {"train": trained, "evaluate": evaluated, "export": exported}[kind]
+    return next(i for i, call in enumerate(calls) if any(name in x for x in pick([call])))
+
+
 def test_a_fresh_rebuild_trains_exports_and_evaluates_everything_once_on_one_thread_each(tree):
     code, calls = rebuild(tree)
     assert code == 0
@@ -120,8 +131,7 @@ def test_a_fresh_rebuild_trains_exports_and_evaluates_everything_once_on_one_thr
     assert {threads for threads, args in calls if args[:2] == ["-m", "core.train"]} == {"1"}
     # the benchmark with the generator's defaults, first
     assert calls[0][1] == ["-m", "core.data.scenes", "--out", "data/scenes", "--workers", "2"]
-    exported = [args[4] for _, args in calls if args[:3] == ["-m", "core.convert", "export"]]
-    assert sorted(exported) == sorted(f"checkpoints/{m}_scenes.safetensors" for m in MODELS)
+    assert sorted(exported(calls)) == sorted(f"checkpoints/{m}_scenes.safetensors" for m in MODELS)
     assert sorted(evaluated(calls)) == sorted([f"checkpoints/{m}_scenes.safetensors" for m in MODELS]
                                        + [f"runs/{a}/checkpoint.safetensors" for a in ABLATION])
     for _, args in calls:  # the shipped models with the CRF (AFA's is the +CRF row), the ablation without
@@ -135,12 +145,8 @@ def test_a_fresh_rebuild_trains_exports_and_evaluates_everything_once_on_one_thr
             assert overrides and all(o.split("=")[0] in ("train.use_par", "train.use_aff", "train.use_reg")
                                      and o.endswith("=false") for o in overrides)
     # each model is evaluated as soon as its run ends, before its chain's next run starts
-    def position(kind, name):  # the index of the first call that trains / evaluates ``name``
-        pick = trained if kind == "train" else evaluated
-        return next(i for i, call in enumerate(calls) if any(name in x for x in pick([call])))
-
-    assert position("evaluate", "afa_mit_b0") < position("train", "abl_par")
-    assert position("evaluate", "abl_afa") < position("train", "abl_baseline")
+    assert position(calls, "evaluate", "afa_mit_b0") < position(calls, "train", "abl_par")
+    assert position(calls, "evaluate", "abl_afa") < position(calls, "train", "abl_baseline")
     for name in MODELS:
         assert (tree / "checkpoints" / f"{name}_scenes.eval.json").exists()
     assert (tree / "docs" / "results" / "abl_afa.per_image.json.gz").exists()
@@ -181,10 +187,7 @@ def test_a_redone_pretraining_the_mit_stages_first_on_both_threads_the_cnn_in_it
     threads = {Path(a[a.index("--run-dir") + 1]).name: t for t, a in calls if a[:2] == ["-m", "core.train"]}
     assert {threads[r] for r in runs[:2]} == {"2"} and {threads[r] for r in runs[2:]} == {"1"}
     # the CNN's encoder is exported before the CNN run starts from it
-    order = [args[4] if args[:3] == ["-m", "core.convert", "export"] else tuple(trained([(t, args)]))
-             for t, args in calls]
-    encoder = "checkpoints/encoder_resnet10t_fmnist.safetensors"
-    assert order.index(encoder) < order.index(("cnn_cam_resnet10t",))
+    assert position(calls, "export", "encoder_resnet10t") < position(calls, "train", "cnn_cam_resnet10t")
 
 
 def test_a_missing_encoder_is_pretrained_alone(tree):

@@ -328,17 +328,11 @@ def test_camouflage_makes_colour_a_poor_cue(procedural_train) -> None:
     # (measured with the defaults: 0.05 better on average, in 29 of the 40 scenes; 0.07 and 30 with
     # --occlusion 0; a no-op camouflage would tie every scene). The mean-colour rule is crude, so
     # the margins are modest (a 0.08 margin over 12 scenes, this test before, held by chance).
-    gaps = []
-    for i in range(40):
-        plain, camo = (
-            _colour_separability(generate_scene(
-                procedural_train, scene_rng(2, "train", i),
-                SceneOptions(size=128, scale_min=2.0, scale_max=3.0, camouflage=value),
-            ))
-            for value in (0.0, 1.0)
-        )
-        gaps.append(plain - camo)
-    gaps = np.array(gaps)
+    def separability(i: int, camouflage: float) -> float:
+        opts = SceneOptions(size=128, scale_min=2.0, scale_max=3.0, camouflage=camouflage)
+        return _colour_separability(generate_scene(procedural_train, scene_rng(2, "train", i), opts))
+
+    gaps = np.array([separability(i, 0.0) - separability(i, 1.0) for i in range(40)])
     assert gaps.mean() > 0.03 and (gaps > 0).mean() > 0.65, gaps
 
 
